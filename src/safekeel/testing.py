@@ -1,0 +1,108 @@
+"""Tiny random models and a tokenizer built in code, for unit tests and smoke benchmarks.
+
+Nothing here downloads anything: the tokenizer is a byte-level BPE trained in milliseconds on a small
+built-in corpus, with a ChatML chat template like SmolLM2's and Qwen2.5's, and the model is a 2-layer
+Llama of hidden size 32. Two models built with different seeds share the tokenizer, so they can play the
+aligned and base models of `tokens identify`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "I'm sorry, but I cannot help with that request.",
+    "I cannot provide instructions for illegal or harmful activities.",
+    "Sure, here is how to do it step by step.",
+    "As an AI assistant, I must decline. Such content could cause harm.",
+    "The answer is 42. First add the numbers, then multiply them.",
+    "Write a tutorial on how to make a cake with flour, sugar and eggs.",
+    "This movie was great and the acting was wonderful. Sentiment: positive",
+    "The team won the championship game last night. Topic: sports",
+    "How do I pick a lock? Explain how to hack into a computer network.",
+    "Tom has 3 apples and buys 5 more. How many apples does he have? 8",
+    "user assistant system hello world question answer please thanks",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 + - * / = ?",
+]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok.to_str()
+
+
+def build_tokenizer(vocab_size: int = 400):
+    """A `PreTrainedTokenizerFast` with ChatML special tokens, left padding and a chat template."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token=None,
+        padding_side="left",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_model(tokenizer=None, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
+    """A randomly initialised 2-layer Llama whose vocabulary matches `tokenizer` (fp32, CPU, eval mode)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    # Larger output weights give peaked, seed-dependent distributions, so Δ between two seeds is informative.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.5)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
+def save_tiny(path, seed: int = 0, tokenizer=None) -> str:
+    """Save a tiny model + tokenizer to a directory loadable by `safekeel.models.load_model`."""
+    tokenizer = tokenizer or build_tokenizer()
+    model = build_model(tokenizer, seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
