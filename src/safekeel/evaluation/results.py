@@ -1,0 +1,97 @@
+"""`DIR/results.json`: one file per evaluated model, shared by `eval safety` and `eval task`.
+
+Layout::
+
+    {"safekeel_version", "updated", "model": {spec, kind, sha256, adapter, adapter_sha256},
+     "benchmarks": {name: {"asr", "n", "judged", "errors", "ci95", "refusal_rate", "categories", "judge",
+                           "generation", "samples", ...}},
+     "tasks": {name: {"accuracy", "n", "correct", "ci95", ...}},
+     "probes": {...}, "runs": [{"command", "judge", "generation", "timing", "finished"}]}
+
+Each invocation merges its sections into the file, so safety and task results of one model live
+together and `safekeel gate` / `safekeel compare` read a single file per model. A directory that
+already holds results of a different model (weights or adapter hash) is refused instead of mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from safekeel import __version__
+from safekeel.errors import SafekeelError
+from safekeel.io_utils import atomic_write_json
+
+RESULTS_NAME = "results.json"
+
+
+def results_path(path: str | Path) -> Path:
+    """`path` itself when it is a file, else `path/results.json`."""
+    path = Path(path)
+    return path / RESULTS_NAME if path.is_dir() or not path.suffix else path
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results.json (or a directory holding one). SafekeelError when missing or malformed."""
+    file = results_path(path)
+    if not file.is_file():
+        raise SafekeelError(f"results file not found: {file}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SafekeelError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not any(k in data for k in ("benchmarks", "tasks", "probes")):
+        raise SafekeelError(f"{file} is not a safekeel results file (no benchmarks, tasks or probes)")
+    return data
+
+
+def _same_model(a: dict | None, b: dict | None) -> bool:
+    if not a or not b:
+        return True
+    return a.get("sha256") == b.get("sha256") and a.get("adapter_sha256") == b.get("adapter_sha256")
+
+
+def check_output_dir(out_dir: Path, fingerprint: dict, overwrite: bool = False) -> None:
+    """Refuse to mix results of two models in one directory (unless `overwrite`)."""
+    file = out_dir / RESULTS_NAME
+    if overwrite or not file.is_file():
+        return
+    try:
+        old = json.loads(file.read_text(encoding="utf-8")).get("model")
+    except (json.JSONDecodeError, AttributeError):
+        return  # an unreadable old file is replaced
+    if not _same_model(old, fingerprint):
+        raise SafekeelError(f"{out_dir} holds results of another model ({old.get('spec')}, adapter "
+                            f"{old.get('adapter')}); use a new --output-dir or pass --overwrite")
+
+
+def merge_results(out_dir: Path, fingerprint: dict, sections: dict, run: dict, *, overwrite: bool = False,
+                  top: dict | None = None) -> dict:
+    """Merge `sections` ({"benchmarks": {...}, "tasks": {...}, "probes": {...}}) into DIR/results.json.
+
+    `top` sets top-level keys (e.g. the last `judge` and `generation` settings); `run` is appended to
+    `runs`. Returns the written content."""
+    file = Path(out_dir) / RESULTS_NAME
+    data: dict = {}
+    if file.is_file():
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = {}
+    if overwrite and not _same_model(data.get("model"), fingerprint):
+        data = {}  # --overwrite with another model: start afresh rather than mix two models' results
+    data["safekeel_version"] = __version__
+    data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    data["model"] = fingerprint
+    data.update(top or {})
+    for name, entries in sections.items():
+        if name == "probes":
+            data["probes"] = {**data.get("probes", {}), **entries}
+        else:
+            data.setdefault(name, {}).update(entries)
+    data.setdefault("benchmarks", {})
+    data.setdefault("tasks", {})
+    data.setdefault("runs", []).append({**run, "safekeel_version": __version__, "finished": data["updated"]})
+    atomic_write_json(file, data)
+    return data

@@ -1,0 +1,147 @@
+"""`eval safety`: generate answers to harmful prompt sets, judge them, write samples and results.
+
+Phases, so that a judge model and the evaluated model never need to be in memory together:
+1. load every prompt set (a bad set fails before any model work);
+2. generate missing answers with the evaluated model (resumable, saved after every batch), then the
+   probe answers; free the model; then the base model's probe answers (`--base-model`);
+3. judge every answer not yet judged by this judge (saved after every chunk);
+4. summarise into `results.json` (`benchmarks.<name>`, `probes`) and return it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safekeel.data.prompts import benchmark_name, load_prompts
+from safekeel.errors import SafekeelError
+from safekeel.evaluation import probes as P
+from safekeel.evaluation.results import check_output_dir, merge_results
+from safekeel.evaluation.samples import SampleStore
+from safekeel.evaluation.stats import summarize_verdicts
+from safekeel.judges.keyword import is_refusal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SafetyConfig:
+    benchmarks: list[str]
+    limit: int | None = None
+    prompt_field: str = "prompt"
+    system: str | None = None
+    probes: bool = False
+    probe_limit: int = 20
+    rejudge: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    judge_chunk: int = 64
+    command: str = ""
+    extra: dict = field(default_factory=dict)  # recorded in the run entry (e.g. dtype, device)
+
+
+def generation_settings(generator, system: str | None) -> dict:
+    """What determines an answer besides the model and the prompt (batch size does not: greedy)."""
+    return {"backend": getattr(generator, "backend", "hf"), "max_new_tokens": generator.max_new_tokens,
+            "system": system, "decoding": "greedy", "chat_template": True}
+
+
+def _records(prompts) -> list[dict]:
+    return [{"id": p.id, "prompt": p.prompt, "category": p.category, "source": p.source} for p in prompts]
+
+
+def _store(generator, path: Path, records: list[dict], cfg: SafetyConfig) -> SampleStore:
+    texts = [generator.format(r["prompt"], cfg.system) for r in records]
+    return SampleStore(path, records, texts, generator.fingerprint, generation_settings(generator, cfg.system),
+                       overwrite=cfg.overwrite)
+
+
+def load_benchmarks(specs: list[str], limit: int | None, prompt_field: str) -> list[tuple[str, str, list[dict]]]:
+    """[(spec, name, records)] for every benchmark; SafekeelError on unknown/malformed sets or name clashes."""
+    if not specs:
+        raise SafekeelError("no benchmarks given: --benchmarks harmbench,strongreject[,FILE…]")
+    out, seen = [], {}
+    for spec in specs:
+        name = benchmark_name(spec)
+        if name in seen:
+            raise SafekeelError(f"benchmarks {seen[name]!r} and {spec!r} would both be filed as {name!r}")
+        seen[name] = spec
+        out.append((spec, name, _records(load_prompts(spec, limit=limit, prompt_field=prompt_field))))
+    return out
+
+
+def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, base_generator=None) -> dict:
+    """Run the whole evaluation; returns the merged results.json content (see module docstring)."""
+    out_dir = Path(out_dir)
+    t_start = time.perf_counter()
+    check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)
+    sets = load_benchmarks(cfg.benchmarks, cfg.limit, cfg.prompt_field)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. answers of the evaluated model
+    stores: dict[str, SampleStore] = {}
+    t_gen = 0.0
+    for spec, name, records in sets:
+        store = _store(generator, out_dir / f"samples_{name}.jsonl", records, cfg)
+        if store.reused:
+            log.info("%s: reusing %d of %d stored answers", name, store.reused, len(records))
+        t_gen += store.fill(generator.generate, generator.batch_size, desc=name, progress=cfg.progress)
+        stores[name] = store
+    model_probes: dict[str, SampleStore] = {}
+    base_probes: dict[str, SampleStore] = {}
+    if cfg.probes:
+        seeds = P.probe_records(sets[0][2], cfg.probe_limit)
+        for pname in P.MODEL_PROBES:
+            st = _store(generator, out_dir / f"samples_probe_{pname}.jsonl", seeds[pname], cfg)
+            t_gen += st.fill(generator.generate, generator.batch_size, desc=f"probe {pname}", progress=cfg.progress)
+            model_probes[pname] = st
+    load_s = getattr(generator, "load_s", 0.0)
+    generator.close()
+    if cfg.probes and base_generator is not None:
+        for pname in P.BASE_PROBES:
+            st = _store(base_generator, out_dir / f"samples_probe_{pname}_base.jsonl", seeds[pname], cfg)
+            t_gen += st.fill(base_generator.generate, base_generator.batch_size, desc=f"base {pname}",
+                             progress=cfg.progress)
+            base_probes[pname] = st
+        load_s += getattr(base_generator, "load_s", 0.0)
+        base_generator.close()
+
+    # 2. judging
+    t0 = time.perf_counter()
+    for store in stores.values():
+        store.judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
+    if cfg.probes:
+        model_probes["roleplay"].judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
+        for pname in ("benign", "identity", "structure"):
+            P.mark_refusals(model_probes[pname])
+        for st in base_probes.values():
+            P.mark_refusals(st)
+    if hasattr(judge, "close"):
+        judge.close()
+    t_judge = time.perf_counter() - t0
+
+    # 3. results
+    gen = generation_settings(generator, cfg.system)
+    judge_config = {"id": judge.id, **({"format": judge.prompt_format} if hasattr(judge, "prompt_format") else {})}
+    benchmarks = {}
+    for spec, name, records in sets:
+        rows = stores[name].ordered()
+        benchmarks[name] = {**summarize_verdicts(rows), "spec": spec, "limit": cfg.limit, "judge": judge.id,
+                            "generation": gen, "samples": stores[name].path.name,
+                            "reused": stores[name].reused}
+    sections: dict = {"benchmarks": benchmarks}
+    if cfg.probes:
+        base_rows = {k: v.ordered() for k, v in base_probes.items()} or None
+        probe_section = P.summarize_probes({k: v.ordered() for k, v in model_probes.items()}, base_rows,
+                                           stores[sets[0][1]].ordered(), judge.id)
+        probe_section["base_model"] = base_generator.fingerprint if base_generator is not None else None
+        probe_section["benchmark"] = sets[0][1]
+        sections["probes"] = probe_section
+    run = {"command": cfg.command or "eval safety", "judge": judge_config, "generation": {**gen,
+           "batch_size": generator.batch_size}, **cfg.extra,
+           "timing": {"load_s": round(load_s, 2), "generate_s": round(t_gen, 2), "judge_s": round(t_judge, 2),
+                      "total_s": round(time.perf_counter() - t_start, 2)}}
+    return merge_results(out_dir, generator.fingerprint, sections, run, overwrite=cfg.overwrite,
+                         top={"judge": judge_config, "generation": gen})

@@ -1,0 +1,194 @@
+"""The frozen reference model's logits on the K safety tokens, without [B, T, V] logits (DESIGN §3).
+
+- With LoRA the reference is the trained model itself with its adapters disabled (`peft`
+  `disable_adapter()`), so there is no second copy; with full fine-tuning it is a frozen copy.
+- The reference forward runs the decoder as usual, but a forward pre-hook on the output head keeps the
+  last hidden state h [B, T, H] and hands the head a single position, so the [B, T, V] product is never
+  formed. The K logits are h at the answer positions times the K rows of the head: F.linear(h, W[S]),
+  in the model's dtype like the head itself, then float32 (final-logit soft-capping applied when the
+  config has it).
+- The full-vocabulary log-sum-exp (for `--safety-mass` and the logged reference mass) is computed over
+  vocabulary chunks at the answer positions only, so at most [N, chunk] is held.
+- `NaiveReference` does what the authors' code does (full-vocabulary reference forwards, then gather):
+  the ground truth for tests and the `naive` benchmark mode.
+
+Every method returns tensors in the answer frame of `safekeel.training.collate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from safekeel.errors import SafekeelError
+
+_LSE_CHUNK_ELEMENTS = 1 << 24  # [N, chunk] float32 block of the chunked log-sum-exp: 64 MiB
+
+
+def unwrap(model):
+    """The module under DDP/accelerate wrappers (`.module`), unchanged otherwise."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def output_head(model) -> torch.nn.Module:
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise SafekeelError("the model has no output embedding layer (get_output_embeddings() is None)")
+    return head
+
+
+def head_rows(model, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(W[S] [K, H], b[S] [K] or None) of the output head; a LoRA-wrapped head gives its frozen base layer."""
+    head = output_head(model)
+    base = getattr(head, "base_layer", head)
+    weight = base.weight
+    bias = getattr(base, "bias", None)
+    ids = ids.to(weight.device)
+    return weight.index_select(0, ids), (bias.index_select(0, ids) if bias is not None else None)
+
+
+def softcap(z: Tensor, config) -> Tensor:
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(z / cap) * cap if cap else z
+
+
+def gather_frame(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, L, D] at columns index [B, A] -> [B, A, D]."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class SafetyReference:
+    """Reference K-logits (and optionally log-sum-exps) of the two views.
+
+    model: the trained model (LoRA: its adapters are switched off for the reference) or, with `frozen`,
+    a separate frozen copy (full fine-tuning). safety_ids: [K] long.
+    """
+
+    def __init__(self, model, safety_ids: Tensor, *, frozen: bool = False):
+        self.model = unwrap(model)
+        self.frozen = frozen
+        if frozen:
+            self.model.eval()
+            self.model.requires_grad_(False)
+        elif not is_peft(self.model):
+            raise SafekeelError("the live reference of a fully fine-tuned model needs a frozen copy (frozen=True)")
+        self.ids = safety_ids.long()
+
+    # -- running the reference -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _reference_mode(self):
+        """Eval mode (no dropout) and, with LoRA, adapters off; the training mode is restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter() if (not self.frozen and is_peft(self.model)) else contextlib.nullcontext():
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Last hidden state [B, L, H] (what the head would multiply), with the head fed one position only."""
+        captured = {}
+
+        def keep(_module, args):
+            captured["h"] = args[0]
+            return (args[0][:, -1:, :],) + tuple(args[1:])
+
+        handle = output_head(self.model).register_forward_pre_hook(keep)
+        try:
+            with self._reference_mode() as m:
+                m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            handle.remove()
+        if "h" not in captured:
+            raise SafekeelError("the model's forward did not call its output head; cannot project on safety rows")
+        return captured["h"]
+
+    @torch.no_grad()
+    def project(self, h: Tensor) -> Tensor:
+        """h [..., H] -> K-logits [..., K] float32, computed like the head (same dtype, soft-capping)."""
+        w, b = head_rows(self.model, self.ids)
+        return softcap(F.linear(h.to(w.dtype), w, b).float(), self.model.config)
+
+    @torch.no_grad()
+    def log_sum_exp(self, h: Tensor) -> Tensor:
+        """Full-vocabulary log-sum-exp of the head's logits: h [N, H] -> [N] float32, over vocabulary chunks."""
+        head = output_head(self.model)
+        base = getattr(head, "base_layer", head)
+        weight, bias = base.weight, getattr(base, "bias", None)
+        h = h.to(weight.dtype)
+        chunk = max(1, _LSE_CHUNK_ELEMENTS // max(1, h.shape[0]))
+        out = torch.full((h.shape[0],), float("-inf"), device=h.device)
+        for start in range(0, weight.shape[0], chunk):
+            z = F.linear(h, weight[start:start + chunk], None if bias is None else bias[start:start + chunk])
+            out = torch.logaddexp(out, torch.logsumexp(softcap(z.float(), self.model.config), -1))
+        return out
+
+    def answer_logits(self, input_ids: Tensor, attention_mask: Tensor, index: Tensor, mask: Tensor,
+                      need_lse: bool = False) -> tuple[Tensor, Tensor | None]:
+        """K-logits [B, A, K] at the answer-frame columns `index` [B, A] (mask [B, A]), and lse [B, A]."""
+        h = gather_frame(self.hidden(input_ids, attention_mask), index)  # [B, A, H]
+        z = self.project(h)
+        lse = None
+        if need_lse:
+            lse = torch.zeros(mask.shape, device=z.device)
+            lse[mask] = self.log_sum_exp(h[mask])
+        return z, lse
+
+    def views(self, batch: dict, need_lse: bool = False) -> dict[str, Tensor]:
+        """{"ref_full", "ref_post", "ref_lse"}: the answer-frame tensors the cache would give for `batch`."""
+        full, lse = self.answer_logits(batch["input_ids"], batch["attention_mask"], batch["answer_index"],
+                                       batch["answer_mask"], need_lse)
+        post = full
+        if "post_input_ids" in batch:
+            z_post, _ = self.answer_logits(batch["post_input_ids"], batch["post_attention_mask"], batch["post_index"],
+                                           batch["post_mask"])
+            post = torch.where(batch["post_mask"].unsqueeze(-1), z_post, full)
+        out = {"ref_full": full, "ref_post": post}
+        if lse is not None:
+            out["ref_lse"] = lse
+        return out
+
+    @torch.no_grad()
+    def full_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The reference's full-vocabulary logits [B, L, V] (the `kl` baseline needs them)."""
+        with self._reference_mode() as m:
+            return m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def check(self, batch: dict, dtype_tolerance: float | None = None) -> float:
+        """Compare the K-row projection with the full forward's logits gathered at S on `batch`; raise if they
+        differ (a head with extra scaling the projection does not know). Returns the max abs difference."""
+        fast, _ = self.answer_logits(batch["input_ids"], batch["attention_mask"], batch["answer_index"],
+                                     batch["answer_mask"])
+        full = self.full_logits(batch["input_ids"], batch["attention_mask"])
+        slow = gather_frame(full[:, :, self.ids.to(full.device)], batch["answer_index"]).float()
+        m = batch["answer_mask"]
+        diff = (fast[m] - slow[m]).abs()
+        tol = dtype_tolerance if dtype_tolerance is not None else (
+            1e-3 if full.dtype == torch.float32 else 0.05)
+        bad = diff > tol * (1 + slow[m].abs())
+        if bool(bad.any()):
+            raise SafekeelError(f"the reference's safety-row projection differs from the model's logits by up to "
+                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer; "
+                                "use --reference-impl naive")
+        return float(diff.max()) if diff.numel() else 0.0
+
+
+class NaiveReference(SafetyReference):
+    """The authors' way: full-vocabulary reference forwards for both views, gathered at S afterwards."""
+
+    def answer_logits(self, input_ids, attention_mask, index, mask, need_lse=False):
+        logits = gather_frame(self.full_logits(input_ids, attention_mask), index)  # [B, A, V]
+        z = logits[..., self.ids.to(logits.device)].float()
+        lse = torch.logsumexp(logits.float(), -1) if need_lse else None
+        return z, lse

@@ -1,0 +1,56 @@
+"""Model-spec resolution and loading (tiny local models; the packaged GGUF path is in the slow tests)."""
+
+import pytest
+import torch
+
+from safekeel.errors import SafekeelError
+from safekeel.models.loader import load_model, pick_dtype, pick_device, resolve_source
+
+
+def test_resolve_sources(tiny_dirs, tmp_path):
+    assert resolve_source(tiny_dirs["aligned"]).kind == "local"
+    assert resolve_source("some-org/some-model").kind == "hub"
+    with pytest.raises(SafekeelError, match="model path not found"):
+        resolve_source("./nope")
+    with pytest.raises(SafekeelError, match="unknown model 'nope'.*smollm2-135m-instruct"):
+        resolve_source("nope")
+    with pytest.raises(SafekeelError, match="GGUF file not found"):
+        resolve_source(str(tmp_path / "x.gguf"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(SafekeelError, match="not a .gguf"):
+        resolve_source(str(tmp_path / "weights.bin"))
+    with pytest.raises(SafekeelError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(SafekeelError, match="empty"):
+        resolve_source("")
+
+
+def test_dtype_and_device():
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(SafekeelError, match="bad dtype"):
+        pick_dtype("int3")
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SafekeelError, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+def test_load_local_model_and_adapter(tiny_dirs, tmp_path):
+    model, tok = load_model(tiny_dirs["aligned"])
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert model.safekeel_source.kind == "local"
+    with pytest.raises(SafekeelError, match="adapter not found"):
+        load_model(tiny_dirs["aligned"], adapter=str(tmp_path))
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with_adapter, _ = load_model(tiny_dirs["aligned"], adapter=str(tmp_path / "adapter"))
+    assert with_adapter.safekeel_adapter == str(tmp_path / "adapter")
+    plain, _ = load_model(tiny_dirs["aligned"])
+    x = torch.tensor([[5, 6, 7]])
+    # a fresh LoRA adapter starts at zero (B = 0), so outputs are unchanged
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(x).logits, plain(x).logits, atol=1e-5)
