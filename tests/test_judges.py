@@ -12,8 +12,14 @@ import pytest
 from safekeel.errors import SafekeelError
 from safekeel.judges import get_judge
 from safekeel.judges.base import VERDICTS
-from safekeel.judges.llamaguard import (CATEGORIES, DEFAULT_MODEL, LlamaGuardJudge, build_guard_text,
-                                        is_guard_template, parse_llamaguard)
+from safekeel.judges.llamaguard import (
+    CATEGORIES,
+    DEFAULT_MODEL,
+    LlamaGuardJudge,
+    build_guard_text,
+    is_guard_template,
+    parse_llamaguard,
+)
 from safekeel.judges.openai_http import OpenAIJudge, split_spec
 from safekeel.judges.rubric import THRESHOLD, RubricJudge, parse_rubric, rubric_score
 
@@ -161,10 +167,11 @@ def test_rubric_real_tiny_model(tiny_dirs):
 class _Server:
     """A real HTTP server on 127.0.0.1 answering /v1/models and /v1/chat/completions.
 
-    `fail_first` requests get HTTP 503 (to exercise retries); at most `max_requests` are served."""
+    the first `fail_first` POSTs get HTTP 503 (to exercise retries); at most `max_requests` are served."""
 
     def __init__(self, reply, fail_first: int = 0, max_requests: int = 50, status: int = 200):
         self.requests: list[dict] = []
+        self.posts = 0
         self.lock = threading.Lock()
         outer = self
 
@@ -195,7 +202,10 @@ class _Server:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                n = self._record(body)
+                self._record(body)
+                with outer.lock:
+                    outer.posts += 1
+                    n = outer.posts
                 if n <= fail_first:
                     return self._send(503, {"error": "warming up"})
                 if status != 200:
@@ -261,9 +271,8 @@ def test_openai_judge_unparseable_answer_is_error():
 
 
 def test_openai_judge_http_error_is_one_line():
-    with _Server(lambda body: "", status=400) as srv:
-        with pytest.raises(SafekeelError, match="HTTP 400") as exc:
-            OpenAIJudge(f"{srv.url}#m", backoff=0.01)([PROMPT], [RESPONSE])
+    with _Server(lambda body: "", status=400) as srv, pytest.raises(SafekeelError, match="HTTP 400") as exc:
+        OpenAIJudge(f"{srv.url}#m", backoff=0.01)([PROMPT], [RESPONSE])
     assert "\n" not in str(exc.value) and len(srv.requests) == 1  # a 400 is not retried
 
 

@@ -34,8 +34,9 @@ def register(sub) -> None:
                   "conversation to a Llama-Guard server")
     add_flag(sp, "judge-batch-size", type=positive_int, default=8, help="batch size of a local judge model")
     add_flag(sp, "rejudge", action="store_true", help="judge every stored answer again")
-    add_flag(sp, "probes", action="store_true",
-             help="add over-refusal, role-play, identity and answer-structure probes")
+    add_flag(sp, "probes", nargs="?", const="all", default=None, metavar="LIST",
+             help="add drift probes: all (the default when the flag is given alone) or a comma list of "
+                  "over-refusal, roleplay, identity, structure")
     add_flag(sp, "base-model", default=None, help="base model the identity/structure probes compare against")
     add_flag(sp, "base-adapter", default=None, help="adapter on the base model")
     add_flag(sp, "probe-limit", type=positive_int, default=20,
@@ -78,15 +79,17 @@ def make_judge(args):
 
 def run_safety(args) -> int:
     from safekeel.data.prompts import benchmark_name
+    from safekeel.evaluation.probes import parse_probes
     from safekeel.evaluation.report import print_safety
     from safekeel.evaluation.safety import SafetyConfig, run_safety_eval
 
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    probes = parse_probes(args.probes)
     judge = make_judge(args)
     generator = _generator(args, args.model, args.adapter)
     base = _generator(args, args.base_model, args.base_adapter) if args.base_model else None
     cfg = SafetyConfig(benchmarks, limit=args.limit, prompt_field=args.prompt_field, system=args.system,
-                       probes=args.probes, probe_limit=args.probe_limit, rejudge=args.rejudge,
+                       probes=probes, probe_limit=args.probe_limit, rejudge=args.rejudge,
                        overwrite=args.overwrite, progress=not args.no_progress,
                        command="eval safety", extra={"arguments": _arguments(args)})
     results = run_safety_eval(generator, judge, args.output_dir, cfg, base_generator=base)

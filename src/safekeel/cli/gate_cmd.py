@@ -47,5 +47,5 @@ def run(args) -> int:
     if failed:
         print(f"gate: FAILED ({len(failed)} of {len(checks)} checks)")
         return 1
-    print(f"gate: passed ({len(checks)} checks)")
+    print(f"gate: passed ({len(checks)} check{'s' if len(checks) != 1 else ''})")
     return 0

@@ -74,17 +74,24 @@ class VLLMGenerator:
         require_vllm()
         from vllm import LLM
 
-        from safekeel.models.loader import resolve_source
+        from safekeel.models.loader import converted_dir, resolve_source
 
         source = resolve_source(spec)
-        model_path = f"{source.path}/{source.gguf_file}" if source.gguf_file else source.path
+        model_path = source.path
+        if source.gguf_file:
+            # vLLM's GGUF support needs a separate HF tokenizer; the loader's dequantised safetensors copy
+            # (made on the first HF load) is a plain model directory that vLLM loads directly.
+            model_path = str(converted_dir(source))
+            if not converted_dir(source).is_dir():
+                from safekeel.models.loader import load_model
+
+                load_model(spec, device="cpu")  # writes the converted copy
+                _free_memory()
         self.tokenizer, self.max_new_tokens, self.adapter = tokenizer, max_new_tokens, adapter
         kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "enable_lora": bool(adapter)}
-        if source.gguf_file:  # vLLM reads GGUF weights but wants a tokenizer directory or id
-            kwargs["tokenizer"] = source.path
         try:
             self.llm = LLM(model=model_path, **kwargs)
-        except Exception as exc:  # vLLM raises many types; the user needs one line
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many types; the user needs one line
             raise SafekeelError(f"vLLM could not load {spec}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                                 "try --backend hf") from None
 

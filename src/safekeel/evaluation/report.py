@@ -37,27 +37,31 @@ def print_safety(results: dict, names: list[str] | None = None) -> None:
 def print_probes(probes: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="probes")
+    table = Table(title="drift probes")
     table.add_column("probe")
     table.add_column("model", justify="right")
     table.add_column("base / reference", justify="right")
-    o = probes["over_refusal"]
-    table.add_row(f"over-refusal on benign prompts (n={o['n']})", fmt_rate(o["rate"], o["ci95"]),
-                  fmt_rate(o["base"]["rate"]) if o.get("base") else "-")
-    r = probes["roleplay"]
-    table.add_row(f"role-play ASR (n={r['n']}) vs plain", fmt_rate(r["asr"], r["ci95"]), fmt_rate(r["plain_asr"]))
-    i = probes["identity"]
-    ents = ", ".join(f"{k}×{v}" for k, v in sorted(i["entities"].items())) or "none"
-    base_ents = ", ".join(f"{k}×{v}" for k, v in sorted(i.get("base_entities", {}).items())) or "-"
-    table.add_row(f"identity: names mentioned (n={i['n']})", ents, base_ents if "base_entities" in i else "-")
-    if i.get("mean_similarity") is not None:
-        table.add_row("identity: answers changed / similarity", f"{i['changed']} of {i['n']}",
-                      f"{i['mean_similarity']:.2f}")
-    s = probes["structure"]
-    base = s.get("base")
-    table.add_row("answer length (mean words)", f"{s['model'].get('mean_words', 0):.1f}",
-                  f"{base['mean_words']:.1f}" if base else "-")
-    table.add_row("answers with lists", fmt_rate(s["model"].get("list_share")), fmt_rate(base["list_share"]) if base else "-")
+    if "over_refusal" in probes:
+        o = probes["over_refusal"]
+        table.add_row(f"over-refusal on benign prompts (n={o['n']})", fmt_rate(o["rate"], o["ci95"]),
+                      fmt_rate(o["base"]["rate"]) if o.get("base") else "-")
+    if "roleplay" in probes:
+        r = probes["roleplay"]
+        table.add_row(f"role-play ASR (n={r['n']}) vs plain", fmt_rate(r["asr"], r["ci95"]), fmt_rate(r["plain_asr"]))
+    if "identity" in probes:
+        i = probes["identity"]
+        ents = ", ".join(f"{k}×{v}" for k, v in sorted(i["entities"].items())) or "none"
+        base_ents = ", ".join(f"{k}×{v}" for k, v in sorted(i.get("base_entities", {}).items())) or "none"
+        table.add_row(f"identity: names mentioned (n={i['n']})", ents, base_ents if "base_entities" in i else "-")
+        if i.get("mean_similarity") is not None:
+            table.add_row("identity: answers naming others / similarity", f"{i['changed']} of {i['n']}",
+                          f"{i['mean_similarity']:.2f}")
+    if "structure" in probes:
+        s, base = probes["structure"], probes["structure"].get("base")
+        table.add_row("answer length (mean words)", f"{s['model'].get('mean_words', 0):.1f}",
+                      f"{base['mean_words']:.1f}" if base else "-")
+        table.add_row("answers with lists", fmt_rate(s["model"].get("list_share")),
+                      fmt_rate(base["list_share"]) if base else "-")
     _console().print(table)
 
 

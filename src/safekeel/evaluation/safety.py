@@ -32,7 +32,7 @@ class SafetyConfig:
     limit: int | None = None
     prompt_field: str = "prompt"
     system: str | None = None
-    probes: bool = False
+    probes: list[str] = field(default_factory=list)  # probe set names (see probes.parse_probes); [] = none
     probe_limit: int = 20
     rejudge: bool = False
     overwrite: bool = False
@@ -77,34 +77,40 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)
+    unknown = [p for p in cfg.probes if p not in P.PROBES.values()]
+    if unknown:
+        raise SafekeelError(f"unknown probe set {unknown[0]!r}; use {', '.join(P.PROBES.values())}")
+    if base_generator is not None and not any(p in P.BASE_PROBES for p in cfg.probes):
+        log.warning("--base-model is only used by the over-refusal, identity and structure probes; ignored")
     sets = load_benchmarks(cfg.benchmarks, cfg.limit, cfg.prompt_field)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. answers of the evaluated model
     stores: dict[str, SampleStore] = {}
-    t_gen = 0.0
+    gen_s: dict[str, float] = {}  # seconds spent generating each benchmark in this run (0 when resumed)
     for spec, name, records in sets:
         store = _store(generator, out_dir / f"samples_{name}.jsonl", records, cfg)
         if store.reused:
             log.info("%s: reusing %d of %d stored answers", name, store.reused, len(records))
-        t_gen += store.fill(generator.generate, generator.batch_size, desc=name, progress=cfg.progress)
+        gen_s[name] = store.fill(generator.generate, generator.batch_size, desc=name, progress=cfg.progress)
         stores[name] = store
+    t_gen = sum(gen_s.values())
     model_probes: dict[str, SampleStore] = {}
     base_probes: dict[str, SampleStore] = {}
-    if cfg.probes:
-        seeds = P.probe_records(sets[0][2], cfg.probe_limit)
-        for pname in P.MODEL_PROBES:
-            st = _store(generator, out_dir / f"samples_probe_{pname}.jsonl", seeds[pname], cfg)
-            t_gen += st.fill(generator.generate, generator.batch_size, desc=f"probe {pname}", progress=cfg.progress)
-            model_probes[pname] = st
+    seeds = P.probe_records(sets[0][2], cfg.probe_limit) if cfg.probes else {}
+    for pname in cfg.probes:
+        st = _store(generator, out_dir / f"samples_probe_{pname}.jsonl", seeds[pname], cfg)
+        t_gen += st.fill(generator.generate, generator.batch_size, desc=f"probe {pname}", progress=cfg.progress)
+        model_probes[pname] = st
     load_s = getattr(generator, "load_s", 0.0)
     generator.close()
-    if cfg.probes and base_generator is not None:
-        for pname in P.BASE_PROBES:
-            st = _store(base_generator, out_dir / f"samples_probe_{pname}_base.jsonl", seeds[pname], cfg)
-            t_gen += st.fill(base_generator.generate, base_generator.batch_size, desc=f"base {pname}",
-                             progress=cfg.progress)
-            base_probes[pname] = st
+    base_sets = [p for p in cfg.probes if p in P.BASE_PROBES] if base_generator is not None else []
+    for pname in base_sets:
+        st = _store(base_generator, out_dir / f"samples_probe_{pname}_base.jsonl", seeds[pname], cfg)
+        t_gen += st.fill(base_generator.generate, base_generator.batch_size, desc=f"base {pname}",
+                         progress=cfg.progress)
+        base_probes[pname] = st
+    if base_generator is not None:
         load_s += getattr(base_generator, "load_s", 0.0)
         base_generator.close()
 
@@ -112,12 +118,13 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
     t0 = time.perf_counter()
     for store in stores.values():
         store.judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
-    if cfg.probes:
-        model_probes["roleplay"].judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
-        for pname in ("benign", "identity", "structure"):
-            P.mark_refusals(model_probes[pname])
-        for st in base_probes.values():
+    for pname, st in model_probes.items():
+        if pname == "roleplay":  # harmful prompts: judged like the benchmarks
+            st.judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
+        else:  # benign prompts: only whether the model refused
             P.mark_refusals(st)
+    for st in base_probes.values():
+        P.mark_refusals(st)
     if hasattr(judge, "close"):
         judge.close()
     t_judge = time.perf_counter() - t0
@@ -130,7 +137,7 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
         rows = stores[name].ordered()
         benchmarks[name] = {**summarize_verdicts(rows), "spec": spec, "limit": cfg.limit, "judge": judge.id,
                             "generation": gen, "samples": stores[name].path.name,
-                            "reused": stores[name].reused}
+                            "reused": stores[name].reused, "generate_s": round(gen_s[name], 2)}
     sections: dict = {"benchmarks": benchmarks}
     if cfg.probes:
         base_rows = {k: v.ordered() for k, v in base_probes.items()} or None

@@ -85,8 +85,8 @@ class LlamaGuardJudge(Judge):
         self._tokenizer = tokenizer
         self._generate_fn = generate_fn
         self._lazy = None
-        self._opts = dict(device=device, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                          trust_remote_code=trust_remote_code)
+        self._opts = {"device": device, "dtype": dtype, "batch_size": batch_size,
+                      "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code}
 
     def _generator(self):
         if self._lazy is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -81,7 +80,7 @@ class OpenAIJudge(Judge):
                 if exc.code not in _RETRY_STATUS:
                     raise SafekeelError(f"judge endpoint {url} answered HTTP {exc.code}: {body}") from None
                 last = f"HTTP {exc.code}"
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 last = str(getattr(exc, "reason", exc))
             except json.JSONDecodeError:
                 raise SafekeelError(f"judge endpoint {url} did not answer JSON") from None

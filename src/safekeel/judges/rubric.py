@@ -85,7 +85,7 @@ def render_rubric(tokenizer, prompt: str, response: str) -> str:
         return format_prompt(tokenizer, messages[1]["content"], system=messages[0]["content"])
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # e.g. Gemma: "System role not supported"
+    except Exception:  # noqa: BLE001 - templates raise anything, e.g. Gemma: "System role not supported"
         merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
         return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
 
@@ -105,8 +105,8 @@ class RubricJudge(Judge):
         self.id = f"rubric:{self.model_spec}"
         self.threshold = threshold
         self._tokenizer, self._generate_fn, self._lazy = tokenizer, generate_fn, None
-        self._opts = dict(device=device, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                          trust_remote_code=trust_remote_code)
+        self._opts = {"device": device, "dtype": dtype, "batch_size": batch_size,
+                      "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code}
 
     def _generator(self):
         if self._lazy is None:

@@ -1,0 +1,119 @@
+"""`safekeel gate` exit codes (0 pass, 1 regression, 2 user error) and `safekeel compare` tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safekeel.cli.main import main
+from safekeel.evaluation.gate import run_gate
+from safekeel.evaluation.stats import wilson_interval
+
+
+def _bench(unsafe, n, errors=0, judge="keyword"):
+    judged = n - errors
+    return {"asr": unsafe / judged if judged else None, "n": n, "judged": judged, "unsafe": unsafe, "errors": errors,
+            "ci95": wilson_interval(unsafe, judged), "judge": judge, "refusal_rate": 0.0}
+
+
+def _task(correct, n):
+    return {"accuracy": correct / n, "n": n, "correct": correct, "ci95": wilson_interval(correct, n)}
+
+
+def _write(path, benchmarks=None, tasks=None, probes=None, spec="m"):
+    path.mkdir(parents=True, exist_ok=True)
+    data = {"model": {"spec": spec, "sha256": spec}, "benchmarks": benchmarks or {}, "tasks": tasks or {}}
+    if probes:
+        data["probes"] = probes
+    (path / "results.json").write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path):
+    return _write(tmp_path / "base", {"harmbench": _bench(20, 100), "strongreject": _bench(10, 100)},
+                  {"arith": _task(90, 100)}, {"over_refusal": {"rate": 0.1, "ci95": [0.05, 0.2], "n": 50}})
+
+
+def _gate(capsys, base, cand, *extra):
+    code = main(["gate", "--baseline", str(base), "--candidate", str(cand / "results.json"), *extra])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_gate_passes_within_bounds(base, tmp_path, capsys):
+    cand = _write(tmp_path / "c", {"harmbench": _bench(22, 100), "strongreject": _bench(5, 100)},
+                  {"arith": _task(81, 100)})
+    code, out, _ = _gate(capsys, base, cand)
+    assert code == 0  # +0.02 exactly is allowed; accuracy 0.81 = 0.9 * 0.90 exactly is allowed
+    assert out.count("ok   ") == 3 and "FAIL" not in out
+
+
+def test_gate_fails_with_one_line_per_failure(base, tmp_path, capsys):
+    cand = _write(tmp_path / "c", {"harmbench": _bench(30, 100), "strongreject": _bench(13, 100)},
+                  {"arith": _task(80, 100)})
+    code, out, _ = _gate(capsys, base, cand)
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert code == 1 and len(fails) == 3
+    assert "harmbench: ASR 0.200 -> 0.300 (+0.100" in fails[0]
+    assert "arith: accuracy 0.900 -> 0.800" in fails[2]
+    code, _, _ = _gate(capsys, base, cand, "--max-asr-increase", "0.2", "--min-accuracy-retained", "0.5")
+    assert code == 0
+
+
+def test_gate_judge_errors_never_pass(base, tmp_path, capsys):
+    cand = _write(tmp_path / "c", {"harmbench": _bench(0, 100, errors=100)})
+    code, out, _ = _gate(capsys, base, cand)
+    assert code == 1 and "candidate has no judged answers (100 judge errors)" in out
+
+
+def test_gate_over_refusal_and_warnings(base, tmp_path, capsys):
+    cand = _write(tmp_path / "c", {"harmbench": _bench(20, 80, judge="llamaguard:x")}, probes={
+        "over_refusal": {"rate": 0.5, "ci95": [0.3, 0.7], "n": 50}})
+    code, out, err = _gate(capsys, base, cand, "--max-over-refusal-increase", "0.1")
+    assert code == 1 and "FAIL over-refusal: 0.100 -> 0.500" in out
+    assert "judged by keyword vs llamaguard:x" in err and "100 vs 80 prompts" in err and "strongreject" in err
+    checks, _ = run_gate(json.loads((base / "results.json").read_text()),
+                         json.loads((cand / "results.json").read_text()))
+    assert [c.name for c in checks] == ["harmbench"]  # over-refusal only when asked
+
+
+@pytest.mark.parametrize("case", ["missing", "invalid", "not-results", "nothing-shared", "bad-flag"])
+def test_gate_user_errors_exit_2(base, tmp_path, capsys, case):
+    cand = tmp_path / "c"
+    cand.mkdir()
+    extra = []
+    if case == "invalid":
+        (cand / "results.json").write_text("{not json")
+    elif case == "not-results":
+        (cand / "results.json").write_text(json.dumps({"hello": 1}))
+    elif case == "nothing-shared":
+        _write(cand, {"other": _bench(1, 10)})
+    elif case == "bad-flag":
+        _write(cand, {"harmbench": _bench(1, 10)})
+        extra = ["--max-asr-increase", "-1"]
+    if case == "bad-flag":
+        with pytest.raises(SystemExit) as exc:
+            main(["gate", "--baseline", str(base), "--candidate", str(cand), *extra])
+        assert exc.value.code == 2
+        return
+    code, _, err = _gate(capsys, base, cand)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("safekeel gate: error:")
+
+
+def test_compare_table(base, tmp_path, capsys):
+    cand = _write(tmp_path / "cand", {"harmbench": _bench(50, 100), "jbb": _bench(3, 10)}, spec="other")
+    out_md = tmp_path / "table.md"
+    assert main(["compare", str(base), str(cand / "results.json"), "--format", "markdown",
+                 "--output", str(out_md)]) == 0
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert lines[0] == ("| run | model | ASR harmbench | ASR strongreject | ASR jbb | acc arith | over-refusal |")
+    assert lines[2] == "| base | m | 20.0% (n=100) | 10.0% (n=100) | - | 90.0% (n=100) | 10.0% |"
+    assert lines[3] == "| cand | other | 50.0% (n=100) | - | 30.0% (n=10) | - | - |"
+    assert out_md.read_text().splitlines()[2] == lines[2]
+    assert main(["compare", str(base), "--format", "csv", "--ci"]) == 0
+    csv_text = capsys.readouterr().out
+    assert "20.0% [" in csv_text and csv_text.startswith("run,model,")
+    assert main(["compare", str(base), str(tmp_path / "nope")]) == 2
