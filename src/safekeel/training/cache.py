@@ -136,7 +136,7 @@ def _shard_ok(root: Path, i: int, fp: str) -> bool:
     try:
         with safe_open(str(path), "pt") as f:
             return (f.metadata() or {}).get("fingerprint") == fp
-    except Exception:  # a damaged shard is recomputed
+    except Exception:  # noqa: BLE001 - a damaged shard is recomputed
         return False
 
 

@@ -69,19 +69,14 @@ def gather_frame(x: Tensor, index: Tensor) -> Tensor:
 class SafetyReference:
     """Reference K-logits (and optionally log-sum-exps) of the two views.
 
-    model: the trained model (LoRA: its adapters are switched off for the reference) or, with `frozen`,
-    a separate frozen copy (full fine-tuning). safety_ids: [K] long.
+    model: a PEFT model, whose adapters are switched off for the reference (LoRA: no second copy), or a
+    plain model that stays unchanged while it is used (a frozen copy for full fine-tuning, or the model
+    itself before training starts, for the cache pass). safety_ids: [K] long (None for `kl`).
     """
 
-    def __init__(self, model, safety_ids: Tensor, *, frozen: bool = False):
+    def __init__(self, model, safety_ids: Tensor | None):
         self.model = unwrap(model)
-        self.frozen = frozen
-        if frozen:
-            self.model.eval()
-            self.model.requires_grad_(False)
-        elif not is_peft(self.model):
-            raise SafekeelError("the live reference of a fully fine-tuned model needs a frozen copy (frozen=True)")
-        self.ids = safety_ids.long()
+        self.ids = safety_ids.long() if safety_ids is not None else None  # None: full_logits only (`kl`)
 
     # -- running the reference -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -90,7 +85,7 @@ class SafetyReference:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.model.disable_adapter() if (not self.frozen and is_peft(self.model)) else contextlib.nullcontext():
+            with self.model.disable_adapter() if is_peft(self.model) else contextlib.nullcontext():
                 yield self.model
         finally:
             self.model.train(was_training)

@@ -1,0 +1,273 @@
+"""Training cost of SFT, PACT (live reference / reference cache) and the authors' naive PACT.
+
+Same model, same data, same batch, one process at a time (no DDP): by default each mode runs in its own
+fresh process, one after another, so each mode's peak memory is its own (`--in-process` runs them all in
+this process instead) (CPU: peak RSS sampled every 5 ms minus the RSS of the bare process; GPU:
+torch.cuda.max_memory_allocated over the training steps, weights included).
+
+Modes:
+  sft         cross-entropy on the answer tokens (the baseline every ratio is relative to)
+  pact-live   PACT, reference K-logits computed every step (LoRA: the same model with adapters off)
+  pact-cache  PACT, reference K-logits read from the cache; the one-off cache pass is timed separately
+  naive       PACT as the authors' code computes it: a second full model copy and two full-vocabulary
+              reference forwards per step, gathered at the safety tokens afterwards
+
+Reported per mode: seconds per step (median over the measured steps, after warm-up), tokens/s, peak
+memory, ratios to SFT, and an end-to-end ratio for a whole run (--examples rows × --epochs, plus the
+cache pass for pact-cache).
+
+    python benchmarks/bench_train.py --tiny --steps 4                     # smoke test (seconds)
+    python benchmarks/bench_train.py --model smollm2-135m-instruct        # CPU figures
+    python benchmarks/bench_train.py --random-config qwen2.5-1.5b --bf16  # GPU, random weights, no download
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MODES = ("sft", "pact-live", "pact-cache", "naive")
+# Shapes of public configs, hard-coded because the benchmark machine has no network.
+RANDOM_CONFIGS = {
+    "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                     "tie_word_embeddings": True, "hidden_act": "silu"},
+    "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+                     "tie_word_embeddings": True, "hidden_act": "silu"},
+}
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from", "his", "her", "they", "this", "are", "had", "not", "but", "have", "one", "all", "were", "when", "we", "there", "can", "an", "which", "their", "said", "if", "do", "will", "each", "about", "how", "up", "out", "them", "then", "she", "many", "some", "so", "these", "would", "other", "into", "has", "more", "two", "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people", "my", "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very", "after", "words", "called", "just", "where", "most", "know", "number", "apples", "train", "price", "total", "answer", "step", "first", "multiply", "add", "divide"]
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def _text(tok, rng, n_tokens: int) -> str:
+    words: list[str] = []
+    while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < n_tokens:
+        words += rng.choices(WORDS, k=8)
+    while len(words) > 1 and len(tok(" ".join(words[:-1]), add_special_tokens=False)["input_ids"]) >= n_tokens:
+        words.pop()
+    return " ".join(words)
+
+
+def make_setup(args, root: Path) -> dict:
+    """Model directory (or packaged name), tokens artifact and data file shared by every mode."""
+    import torch
+
+    from safekeel.training.fixtures import tiny_tokens
+
+    if args.tiny:
+        from safekeel.testing import build_tokenizer, save_tiny
+
+        tok = build_tokenizer()
+        model = save_tiny(root / "model", seed=1, tokenizer=tok)
+    elif args.random_config:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from safekeel.testing import build_tokenizer
+
+        tok = build_tokenizer()  # the tokenizer only needs the ids it emits; the head keeps the full vocabulary
+        shape = dict(RANDOM_CONFIGS[args.random_config])
+        config = AutoConfig.for_model(shape.pop("model_type"), **shape, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            net = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+        net.save_pretrained(root / "model")
+        tok.save_pretrained(root / "model")
+        model, net = str(root / "model"), None
+    else:
+        from safekeel.models.loader import load_tokenizer
+
+        tok, model = load_tokenizer(args.model), args.model
+    tiny_tokens(tok, min(args.k, len(tok) - 50)).save(root / "tokens.json")
+    rng = random.Random(0)
+    rows = [{"id": f"b{i}", "harmful": i % 10 == 0,
+             "messages": [{"role": "user", "content": _text(tok, rng, args.prompt_tokens)},
+                          {"role": "assistant", "content": _text(tok, rng, args.answer_tokens)}]}
+            for i in range(args.examples)]
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl")}
+
+
+# ---------------------------------------------------------------------------------------------- one mode
+class _PeakRSS:
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
+    import psutil
+    import torch
+    from transformers import TrainerCallback
+
+    from safekeel.training.config import build_config
+    from safekeel.training.run import prepare
+
+    rss0 = psutil.Process().memory_info().rss
+    cuda = torch.cuda.is_available()
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
+    flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
+            "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(work / "out"),
+            "max_steps": args.warmup + args.steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
+            "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
+            "reference_cache": "on" if mode == "pact-cache" else "off", "reference_cache_dir": str(work / "cache"),
+            "max_length": args.prompt_tokens + args.answer_tokens + 64, "full": args.full, "k": None,
+            "gradient_checkpointing": args.gradient_checkpointing, "report_to": "none"}
+    if args.bf16 and cuda:
+        flat["dtype"] = "bfloat16"
+    prep = prepare(build_config(flat), reference_impl="naive" if mode == "naive" else "fast", progress=False)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t)
+
+    prep.trainer.add_callback(Timer())
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with _PeakRSS() as rss:
+        prep.trainer.train()
+    measured = times[args.warmup:]
+    tokens_per_example = statistics.mean(len(e["input_ids"]) for e in prep.examples)
+    s_step = statistics.median(measured)
+    result = {"mode": mode, "reference": prep.reference, "s_per_step": s_step, "steps": len(measured),
+              "step_times": measured, "tokens_per_s": tokens_per_example * args.batch_size / s_step,
+              "cache_seconds": prep.cache_seconds, "examples": len(prep.examples),
+              "tokens_per_example": tokens_per_example,
+              "peak_bytes": torch.cuda.max_memory_allocated() if cuda else rss.peak - rss0,
+              "memory_kind": "cuda_max_allocated" if cuda else "peak_rss_minus_bare_process"}
+    out_file.write_text(json.dumps(result))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(results: dict, args) -> dict:
+    sft = results["sft"]
+    steps_run = -(-args.examples // args.batch_size) * args.epochs  # a whole run over the data
+    rows = []
+    for mode in MODES:
+        if mode not in results:
+            continue
+        r = results[mode]
+        e2e = (r["cache_seconds"] + steps_run * r["s_per_step"]) / (steps_run * sft["s_per_step"])
+        r.update(step_ratio=r["s_per_step"] / sft["s_per_step"], memory_ratio=r["peak_bytes"] / sft["peak_bytes"],
+                 end_to_end_ratio=e2e)
+        rows.append(r)
+    print(f"\n{'mode':<11} {'s/step':>8} {'tokens/s':>9} {'peak MiB':>9} {'step×':>6} {'mem×':>6} {'e2e×':>6} "
+          f"{'cache s':>8}")
+    for r in rows:
+        print(f"{r['mode']:<11} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>9.0f} {r['peak_bytes'] / 2**20:>9.0f} "
+              f"{r['step_ratio']:>6.2f} {r['memory_ratio']:>6.2f} {r['end_to_end_ratio']:>6.2f} {r['cache_seconds']:>8.2f}")
+    print(f"(end to end: {steps_run} steps = {args.examples} examples x {args.epochs} epochs at batch {args.batch_size},"
+          f" plus the one-off cache pass)")
+    return {"settings": vars(args), "results": {r["mode"]: r for r in rows}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default="smollm2-135m-instruct", help="packaged name, directory or hub id")
+    src.add_argument("--random-config", choices=sorted(RANDOM_CONFIGS), help="random weights of a known shape")
+    src.add_argument("--tiny", action="store_true", help="the 2-layer test model (smoke test)")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--steps", type=int, default=10, help="measured steps per mode")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--examples", type=int, default=64, help="rows in the data (the cache pass covers all)")
+    p.add_argument("--epochs", type=int, default=3, help="for the end-to-end ratio")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--answer-tokens", type=int, default=192)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every mode in this process (CPU memory figures then include earlier modes' leftovers)")
+    p.add_argument("--output", default="bench_train.json")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--setup", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        run_mode(args.worker, json.loads(Path(args.setup).read_text()), args, Path(args.result))
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    t0 = time.perf_counter()
+    setup = make_setup(args, root)
+    (root / "setup.json").write_text(json.dumps(setup))
+    print(f"set-up in {time.perf_counter() - t0:.1f} s: {setup['model']}, {args.examples} examples of "
+          f"~{args.prompt_tokens}+{args.answer_tokens} tokens, batch {args.batch_size}")
+    results = {}
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        out = root / f"{mode}.json"
+        if args.in_process:
+            import gc
+
+            import torch
+
+            run_mode(mode, setup, args, out)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            results[mode] = json.loads(out.read_text())
+            continue
+        cmd = [sys.executable, __file__, *passthrough, "--worker", mode, "--setup", str(root / "setup.json"),
+               "--result", str(out)]
+        t1 = time.perf_counter()
+        proc = subprocess.run(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False)
+        if proc.returncode != 0:
+            print(f"{mode}: failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        results[mode] = json.loads(out.read_text())
+        print(f"{mode}: {results[mode]['s_per_step']:.3f} s/step ({time.perf_counter() - t1:.0f} s with loading)")
+    if "sft" not in results:
+        print("the sft mode is needed for the ratios", file=sys.stderr)
+        return 1
+    summary = report(results, args)
+    import torch
+
+    summary["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
+    Path(args.output).write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The training rows of a run: task data, optionally mixed with harmful data, plus a summary.
+
+Uses `safekeel.data.training_data.load_training_data` (task names, local files, hub datasets) and
+`safekeel.data.harmful` (harmful sets, the paper's poisoning mix, overlap checks). Without `--harmful`
+the dataset's rows are used as given (the first `--num-examples` if set), flags included; with it,
+`num_examples` rows (5000 by default, the paper's) of which round(poison_ratio · n) are harmful.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from safekeel.errors import SafekeelError
+from safekeel.fingerprint import sha256_json
+
+log = logging.getLogger(__name__)
+
+PAPER_NUM_EXAMPLES = 5000
+
+
+def load_rows(cfg, *, identification_set: str | None = None) -> tuple[list[dict], dict]:
+    """(rows {"id", "messages", "harmful", "source"}, summary) for a `RunConfig`."""
+    from safekeel.data import harmful as harmful_data
+    from safekeel.data.training_data import load_training_data
+    from safekeel.tasks import is_task_name
+
+    seed = cfg.training.seed
+    if cfg.harmful:
+        n = cfg.num_examples or PAPER_NUM_EXAMPLES
+        n_harmful = int(cfg.poison_ratio * n + 0.5)
+        n_task = n - n_harmful
+        task = []
+        if n_task:  # a generated task makes exactly what the mix needs; files are sampled from
+            task = load_training_data(cfg.dataset, n=n_task if is_task_name(cfg.dataset) else None, seed=seed)
+        bad = harmful_data.load_harmful(cfg.harmful) if n_harmful else []
+        rows = harmful_data.mix_harmful(task, bad, n, cfg.poison_ratio, seed, replace=cfg.with_replacement)
+    else:
+        rows = load_training_data(cfg.dataset, n=cfg.num_examples, seed=seed)
+    if not rows:
+        raise SafekeelError(f"training data {cfg.dataset!r} is empty")
+    if cfg.system:
+        for row in rows:
+            if row["messages"][0]["role"] != "system":
+                row["messages"] = [{"role": "system", "content": cfg.system}] + row["messages"]
+    summary = {
+        "rows": len(rows), "harmful_rows": sum(bool(r.get("harmful")) for r in rows),
+        "sources": dict(Counter(str(r.get("source", "")) for r in rows)),
+        "sha256": sha256_json([[r["id"], r["messages"], bool(r.get("harmful"))] for r in rows]),
+        "overlap_warnings": overlap_warnings(rows, cfg.overlap_check, identification_set),
+    }
+    return rows, summary
+
+
+def overlap_warnings(rows: list[dict], sets: str | None, identification_set: str | None) -> list[str]:
+    """Warnings when the harmful training prompts reappear in evaluation or identification prompt sets."""
+    from safekeel.data.harmful import check_overlap
+    from safekeel.data.prompts import load_prompts
+
+    bad = [r for r in rows if r.get("harmful")]
+    names = [s.strip() for s in (sets or "").split(",") if s.strip() and s.strip().lower() != "none"]
+    if identification_set and identification_set not in names:
+        names.append(identification_set)
+    if not bad or not names:
+        return []
+    warnings = []
+    for name in names:
+        try:
+            prompts = load_prompts(name)
+        except Exception as exc:  # noqa: BLE001 - a set that cannot be loaded offline must not stop training
+            warnings.append(f"could not check overlap with {name}: {str(exc).splitlines()[0]}")
+            continue
+        what = "identification" if name == identification_set else "evaluation"
+        warnings += check_overlap(bad, prompts, names=("harmful training", f"{what} ({name})"))
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings

@@ -1,0 +1,265 @@
+"""`train(config)`: the typed entry behind `safekeel train`.
+
+Steps: training arguments (this also sets up DDP under `accelerate launch`/`torchrun`) → model and
+tokenizer → rows (task data, harmful mix, overlap checks) → tokenised examples with both views →
+safety tokens → reference: none (sft), a one-off cache of K-logits (default when it fits on disk), or a
+live reference (LoRA: the same model with adapters off; full: a frozen copy) → LoRA wrapping → Trainer →
+adapter (or full model) and tokenizer in `output_dir`, `train_log.jsonl`, `safekeel_run.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from safekeel.errors import SafekeelError
+from safekeel.training.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    metrics: dict
+    reference: str  # none | cache | live | naive
+    cache_dir: str | None = None
+    cache_seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """Everything `train` builds before `trainer.train()` (tests and the benchmark use it directly)."""
+
+    trainer: object
+    config: RunConfig
+    examples: list
+    collator: object
+    summary: dict
+    reference: str
+    cache_dir: str | None
+    cache_seconds: float
+
+
+def training_arguments(cfg: RunConfig):
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    report = [r.strip() for r in str(t.report_to).split(",") if r.strip()]
+    if "tensorboard" in report:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise SafekeelError("--report_to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    kwargs = {
+        "output_dir": cfg.output_dir, "learning_rate": t.learning_rate, "num_train_epochs": t.num_train_epochs,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_steps": t.max_steps,
+        "logging_steps": t.logging_steps, "save_steps": t.save_steps, "save_total_limit": t.save_total_limit,
+        "report_to": report or "none", "seed": t.seed, "bf16": t.bf16, "fp16": t.fp16, "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": t.lr_scheduler_type, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+        "optim": t.optim,
+        "dataloader_num_workers": t.dataloader_num_workers, "disable_tqdm": t.disable_tqdm,
+        "remove_unused_columns": False,
+        "label_names": ["labels"], "use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
+    }
+    if t.gradient_checkpointing:  # TRL's name; transformers 5 calls it activation checkpointing
+        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs.update(t.extra)
+    try:
+        return TrainingArguments(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
+
+
+def load_for_training(cfg: RunConfig, args):
+    """(model, tokenizer) on the rank's device; QLoRA loads 4-bit weights (GPU + bitsandbytes)."""
+    from safekeel.models.loader import load_model, load_tokenizer, pick_dtype, resolve_source
+
+    if not cfg.lora.load_in_4bit:
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+        model.to(args.device)
+        return model, tok
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise SafekeelError("--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes)") from None
+    if not torch.cuda.is_available():
+        raise SafekeelError("--load-in-4bit (QLoRA) needs a CUDA GPU")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    source = resolve_source(cfg.model)
+    dtype = pick_dtype(cfg.dtype, args.device)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+    kw = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, dtype=dtype,
+                                                 device_map={"": args.device}, trust_remote_code=cfg.trust_remote_code, **kw)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
+    model.safekeel_source, model.safekeel_adapter = source, None
+    return model, load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+
+
+def add_lora(model, cfg: RunConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lo = cfg.lora
+    targets = lo.lora_target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=lo.lora_r, lora_alpha=lo.lora_alpha, lora_dropout=lo.lora_dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_tokens(cfg: RunConfig, tokenizer):
+    """The safety tokens cut to the top K (None when neither needed nor given)."""
+    if not cfg.tokens:
+        return None
+    from safekeel.tokens.artifact import SafetyTokens
+
+    art = SafetyTokens.load(cfg.tokens)
+    art.check_tokenizer(tokenizer)
+    k = cfg.pact.k or min(50, art.k)
+    if cfg.method == "pact" and art.preset != cfg.pact.preset:
+        log.warning("the safety tokens were identified with preset %s; training uses preset %s", art.preset,
+                    cfg.pact.preset)
+    return art.top(k)
+
+
+def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = True) -> Prepared:
+    """Build the trainer and everything it needs; `reference_impl="naive"` is the authors' way (benchmark)."""
+    from transformers import set_seed
+
+    from safekeel.fingerprint import file_fingerprint, model_fingerprint, tokenizer_fingerprint
+    from safekeel.training import cache as cache_mod
+    from safekeel.training.collate import Collator, ExampleDataset, encode_rows
+    from safekeel.training.data import load_rows
+    from safekeel.training.methods import MethodContext, get_method
+    from safekeel.training.reference import NaiveReference, SafetyReference
+    from safekeel.training.trainer import JsonlLogger, SafekeelTrainer
+
+    # transformers' own Trainer calls its deprecated alias every step; not the user's concern
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    args = training_arguments(cfg)
+    set_seed(cfg.training.seed)
+    method = get_method(cfg.method, cfg.pact)
+    model, tok = load_for_training(cfg, args)
+    tokens = load_tokens(cfg, tok)
+    rows, data_summary = load_rows(cfg, identification_set=(tokens.meta.get("prompt_set") if tokens else None))
+    post = cfg.pact.post_positions() if method.reference == "safety" else 0
+    examples, enc_summary = encode_rows(tok, rows, max_length=cfg.training.max_length, post_positions=post)
+    method.prepare(MethodContext(tokens=tokens, device=args.device))
+    ids = tokens.ids_tensor() if tokens is not None else None
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
+                "load_in_4bit": cfg.lora.load_in_4bit}
+
+    mode, cache, cache_dir, cache_s, live, frozen = "none", None, None, 0.0, None, None
+    if method.reference is not None:
+        plain = Collator(pad_id)
+        if reference_impl == "naive":  # a second full copy and full-vocabulary forwards, as the authors do
+            live, mode = NaiveReference(copy.deepcopy(model).requires_grad_(False).eval(), ids), "naive"
+        elif method.reference == "safety" and cfg.reference_cache != "off":
+            from safekeel.models.loader import cache_root
+
+            fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
+                                       safety_ids=tokens.token_ids, examples=examples)
+            root = Path(cfg.reference_cache_dir or (cache_root() / "reference")) / fp[:32]
+            ok, why = cache_mod.fits(examples, tokens.k, root.parent)
+            if ok or cfg.reference_cache == "on":
+                ref = SafetyReference(model, ids)  # the model before training is the reference
+                _self_check(ref, plain, examples, args.device)
+                t0 = time.perf_counter()
+                cache = cache_mod.build(root, fp, examples, ref, plain, batch_size=cfg.reference_batch_size,
+                                        device=args.device, process_index=args.process_index,
+                                        world_size=args.world_size, progress=progress and not cfg.training.disable_tqdm)
+                cache_s, cache_dir, mode = time.perf_counter() - t0, str(root), "cache"
+            else:
+                log.warning("reference cache would not fit (%s): using the live reference", why)
+        if mode == "none":
+            mode = "live"
+            if cfg.lora.full:  # full fine-tuning changes the weights the reference needs: keep a frozen copy
+                frozen = copy.deepcopy(model).requires_grad_(False).eval()
+    if not cfg.lora.full:
+        model = add_lora(model, cfg)
+    if mode == "live":
+        live = SafetyReference(frozen if frozen is not None else model, ids)
+        if method.reference == "safety":
+            _self_check(live, Collator(pad_id), examples, args.device)
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"data": {**data_summary, **enc_summary}, "model": model_fp, "tokenizer_sha256": tokenizer_fingerprint(tok),
+               "tokens": {"path": cfg.tokens, "sha256": file_fingerprint(cfg.tokens), "k": tokens.k, "ids": tokens.token_ids, "tokens": tokens.tokens,
+                          "preset": tokens.preset} if tokens else None,
+               "reference": {"mode": mode, "cache_dir": cache_dir, "cache_seconds": round(cache_s, 3)},
+               "distributed": {"world_size": args.world_size, "device": str(args.device)}}
+    trainer = SafekeelTrainer(
+        model=model, args=args, train_dataset=ExampleDataset(examples), data_collator=Collator(pad_id, cache),
+        processing_class=tok, callbacks=[JsonlLogger(out / "train_log.jsonl")], method=method,
+        reference=live, safety_ids=ids)
+    return Prepared(trainer, cfg, examples, Collator(pad_id, cache), summary, mode, cache_dir, cache_s)
+
+
+def _self_check(ref, collator, examples, device) -> None:
+    """One comparison of the K-row projection against the full forward, before any training."""
+    batch = {k: v.to(device) for k, v in collator(examples[:2]).items()}
+    ref.check(batch)
+
+
+def resume_arg(cfg: RunConfig):
+    r = cfg.resume
+    if r in (None, False) or (isinstance(r, str) and r.lower() in ("", "false", "no", "off")):
+        return None
+    if r is True or str(r).lower() in ("true", "auto", "last", "latest", "yes", "on"):
+        return True
+    if not Path(r).is_dir():
+        raise SafekeelError(f"--resume: checkpoint directory not found: {r}")
+    return str(r)
+
+
+def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
+    """Run one training job; see the module docstring. Writes the model, logs and safekeel_run.json."""
+    from safekeel import __version__
+    from safekeel.io_utils import atomic_write_json
+
+    t0 = time.perf_counter()
+    resume = resume_arg(cfg)
+    prep = prepare(cfg, progress=progress)
+    trainer, out = prep.trainer, Path(cfg.output_dir)
+    run_file = out / "safekeel_run.json"
+    record = {"safekeel_version": __version__, "status": "running", "options": cfg.to_dict(), **prep.summary,
+              "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if trainer.is_world_process_zero():
+        atomic_write_json(run_file, record)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except ValueError as exc:
+        if "checkpoint" in str(exc).lower():
+            raise SafekeelError(f"--resume: {str(exc).splitlines()[0]}") from None
+        raise
+    trainer.save_model(str(out))
+    metrics = dict(result.metrics)
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
+        record.update(status="done", global_step=trainer.state.global_step, metrics=metrics,
+                      wall_seconds=round(time.perf_counter() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_json(run_file, record)
+    return TrainResult(out, trainer.state.global_step, metrics, prep.reference, prep.cache_dir, prep.cache_seconds,
+                       prep.summary)
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

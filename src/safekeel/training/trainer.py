@@ -1,0 +1,154 @@
+"""`SafekeelTrainer`: the transformers `Trainer` with loss = CE on answer tokens + the method's term.
+
+Built on `Trainer` (not TRL's `SFTTrainer`, whose dataset pipeline would re-tokenise and drop the
+no-prompt view), so `accelerate launch` gives DDP, FSDP and DeepSpeed, and checkpoints, `--resume`, the
+progress bar and `report_to` (TensorBoard, ...) behave as in TRL.
+
+Normalisation: the step's loss is (Σ CE + Σ method term) / (answer tokens of the whole accumulated
+batch on all ranks), which the Trainer passes as `num_items_in_batch`; so one process with batch 2B and
+two processes with batch B give the same loss and gradients. The fine-tuned model's K-logits and
+log-sum-exp come from the same forward's logits (lse = CE + z_target, no second pass over V).
+
+Logged (means since the last log, each also `_harmful` / `_benign` by the rows' `harmful` flag): ce,
+kl, gate_first_n (mean gate on the first N answer positions), safety_mass_ft, safety_mass_ref (total
+probability on S, when the reference's log-sum-exp is known). A non-finite loss stops training with a
+SafekeelError instead of being averaged away by `logging_nan_inf_filter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from safekeel.errors import SafekeelError
+from safekeel.training.methods import Method, StepState
+from safekeel.training.reference import gather_frame
+
+_GROUPS = ("", "_harmful", "_benign")
+
+
+class SafekeelTrainer(Trainer):
+    """Trainer whose `compute_loss` is CE + `method.loss`. `reference`: a `SafetyReference` for live
+    reference logits (None with the cache, or for methods without a reference); `safety_ids`: [K] long."""
+
+    def __init__(self, *args, method: Method, reference=None, safety_ids: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.reference = reference
+        self.safety_ids = safety_ids
+        # We normalise by `num_items_in_batch` ourselves; this makes the Trainer count it and not rescale.
+        self.model_accepts_loss_kwargs = True
+        self._sums: dict[str, torch.Tensor] = {}
+
+    # -- loss ------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask, index, targets = inputs["answer_mask"], inputs["answer_index"], inputs["answer_targets"]
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        logits = out.logits  # [B, L, V]
+        rows, cols = mask.nonzero(as_tuple=True)
+        z = logits[rows, index[rows, cols]].float()  # [N, V] at the answer positions only
+        tgt = targets[rows, cols]
+        ce = F.cross_entropy(z, tgt, reduction="none")  # [N]
+        shape = mask.shape
+        ce_frame = z.new_zeros(shape).index_put((rows, cols), ce)
+        ft_k = ft_lse = None
+        if self.safety_ids is not None:
+            ids = self.safety_ids.to(z.device)
+            ft_k = z.new_zeros(*shape, ids.numel()).index_put((rows, cols), z[:, ids])
+            ft_lse = z.new_zeros(shape).index_put((rows, cols), ce + z.gather(1, tgt[:, None]).squeeze(1))
+        step = StepState(batch=inputs, logits=logits, mask=mask, ft_k=ft_k, ft_lse=ft_lse,
+                         safety_refs=lambda need_lse: self._safety_refs(inputs, need_lse),
+                         full_refs=lambda: self._full_refs(inputs))
+        extra, stats = self.method.loss(step)
+        total = ce.sum() + extra
+        if num_items_in_batch is not None:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.args.world_size  # DDP averages gradients over ranks
+        else:
+            loss = total / mask.sum().clamp_min(1)
+        if not bool(torch.isfinite(loss)):
+            raise SafekeelError(
+                f"the training loss became {float(loss.detach())} at step {self.state.global_step + 1} "
+                f"(CE sum {float(ce.detach().sum()):.4g}, method term {float(extra.detach()):.4g}): lower --learning_rate, "
+                "use --bf16 rather than --fp16, or check the data")
+        self._accumulate(stats, ce_frame.detach(), mask, inputs["harmful"], ft_k, ft_lse)
+        return (loss, out) if return_outputs else loss
+
+    def _safety_refs(self, inputs: dict, need_lse: bool) -> dict:
+        if "ref_full" in inputs:  # from the cache, through the collator
+            return {k: inputs[k] for k in ("ref_full", "ref_post", "ref_lse") if k in inputs}
+        if self.reference is None:
+            raise SafekeelError("this method needs reference logits but neither a cache nor a live reference is set")
+        return self.reference.views(inputs, need_lse=need_lse)
+
+    def _full_refs(self, inputs: dict) -> torch.Tensor:
+        full = self.reference.full_logits(inputs["input_ids"], inputs["attention_mask"])
+        return gather_frame(full, inputs["answer_index"])
+
+    # -- logs ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _accumulate(self, stats: dict, ce: torch.Tensor, mask, harmful, ft_k, ft_lse) -> None:
+        stats = dict(stats)
+        counts = mask.sum(1).float()
+        stats["ce"] = ((ce * mask).sum(1), counts)
+        if ft_k is not None:
+            mass = (torch.logsumexp(ft_k.detach(), -1) - ft_lse.detach()).clamp(max=0).exp()
+            stats["safety_mass_ft"] = ((mass * mask).sum(1), counts)
+        groups = torch.stack([torch.ones_like(harmful, dtype=torch.bool), harmful.bool(), ~harmful.bool()]).float()
+        for name, (row_sum, row_count) in stats.items():
+            acc = torch.stack([groups @ row_sum.float().detach(), groups @ row_count.float()], -1)  # [3, 2]
+            self._sums[name] = self._sums.get(name, 0) + acc
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs and self._sums:
+            names = sorted(self._sums)
+            stacked = torch.stack([self._sums[n] for n in names])  # [M, 3, 2]
+            if self.args.world_size > 1:
+                stacked = self.accelerator.reduce(stacked, "sum")
+            for name, per_group in zip(names, stacked.tolist()):
+                for suffix, (s, c) in zip(_GROUPS, per_group):
+                    if c > 0:
+                        logs[name + suffix] = s / c
+            self._sums = {}
+        super().log(logs, start_time)
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends each log to `path` as one JSON line (one write on an O_APPEND descriptor per line).
+    On a resumed run, lines past the resumed step are dropped first, so steps never repeat."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.t0 = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not os.path.isfile(self.path):
+            return
+        from safekeel.io_utils import atomic_write_text
+
+        keep = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= state.global_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+        atomic_write_text(self.path, "".join(keep))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, **logs, "elapsed_s": round(time.time() - self.t0, 3)}
+        line = (json.dumps(row, default=float) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

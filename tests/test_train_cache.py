@@ -1,0 +1,113 @@
+"""The reference cache: same loss as the live reference, resumable shards, fingerprints, lookups by id."""
+
+import pytest
+import torch
+
+from safekeel.errors import SafekeelError
+from safekeel.testing import build_model
+from safekeel.training import cache as cache_mod
+from safekeel.training.collate import Collator, encode_rows
+from safekeel.training.fixtures import tiny_config, tiny_rows, tiny_setup, tiny_tokens
+from safekeel.training.reference import SafetyReference
+from safekeel.training.run import prepare
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory.mktemp("cache"))
+
+
+def _perturb_lora(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _loss(prep, examples):
+    trainer = prep.trainer
+    batch = prep.collator(examples)
+    trainer._sums = {}
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    kl = trainer._sums["kl"][0]
+    return float(loss), float(kl[0] / kl[1])
+
+
+@pytest.mark.parametrize("options", [{"preset": "paper", "safety_mass": True}, {"preset": "reference-code"},
+                                     {"decay": False, "n": 2}])
+def test_cache_gives_the_live_loss(setup, tmp_path, options):
+    common = {"lora_dropout": 0.0, **options}
+    cached = prepare(tiny_config(setup, tmp_path / "a", reference_cache="on", **common), progress=False)
+    live = prepare(tiny_config(setup, tmp_path / "b", reference_cache="off", **common), progress=False)
+    assert cached.reference == "cache" and live.reference == "live"
+    assert "ref_full" in cached.collator(cached.examples[:2]) and "ref_full" not in live.collator(live.examples[:2])
+    for prep in (cached, live):
+        _perturb_lora(prep.trainer.model)
+        prep.trainer.model.eval()
+    loss_c, kl_c = _loss(cached, cached.examples[:4])
+    loss_l, kl_l = _loss(live, live.examples[:4])
+    assert kl_l > 1e-3  # the fine-tuned model really differs from the reference
+    assert loss_c == pytest.approx(loss_l, rel=2e-3)
+    assert kl_c == pytest.approx(kl_l, rel=2e-2, abs=1e-4)  # float16 logits in the cache
+
+
+def test_cache_resumes_missing_shards(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "SHARD_EXAMPLES", 2)
+    examples, _ = encode_rows(tokenizer, tiny_rows(5), max_length=256, post_positions=4)
+    ids = tiny_tokens(tokenizer, 8).ids_tensor()
+    model = build_model(tokenizer, seed=4)
+    ref = SafetyReference(model, ids)
+    calls = []
+    views = ref.views
+    ref.views = lambda batch, need_lse=False: calls.append(batch["input_ids"].shape[0]) or views(batch, need_lse)
+    fp = "f" * 64
+    first = cache_mod.build(tmp_path, fp, examples, ref, Collator(tokenizer.pad_token_id), batch_size=8, progress=False)
+    assert sum(calls) == 5 and len(list(tmp_path.glob("shard-*.safetensors"))) == 3
+    before = {e["id"]: first.entry(e["id"]) for e in examples}
+    (tmp_path / "shard-00001.safetensors").unlink()  # an interrupted pass: one shard and the manifest missing
+    (tmp_path / "meta.json").unlink()
+    calls.clear()
+    again = cache_mod.build(tmp_path, fp, examples, ref, Collator(tokenizer.pad_token_id), batch_size=8, progress=False)
+    assert sum(calls) == 2  # only the missing shard's two examples were recomputed
+    for e in examples:
+        for x, y in zip(before[e["id"]], again.entry(e["id"])):
+            assert torch.equal(x, y)
+    full, lse, post = again.entry(examples[3]["id"])
+    assert full.shape == (examples[3]["answer_len"], 8) and lse.shape == (examples[3]["answer_len"],)
+    assert post.shape == (examples[3]["post_len"], 8)
+    assert torch.allclose(full.max(-1).values, torch.zeros(full.shape[0]))  # stored relative to the max
+    with pytest.raises(SafekeelError, match="not in the reference cache"):
+        again.entry("nope")
+    with pytest.raises(SafekeelError, match="other model"):
+        cache_mod.ReferenceCache(tmp_path, "0" * 64)
+
+
+def test_cache_values_match_the_reference(tokenizer, tmp_path):
+    examples, _ = encode_rows(tokenizer, tiny_rows(3), max_length=256, post_positions=None)
+    ids = tiny_tokens(tokenizer, 8).ids_tensor()
+    ref = SafetyReference(build_model(tokenizer, seed=4), ids)
+    coll = Collator(tokenizer.pad_token_id)
+    cache = cache_mod.build(tmp_path, "a" * 64, examples, ref, coll, progress=False)
+    batch = coll(examples)
+    live = ref.views(batch, need_lse=True)
+    cached = cache.batch([e["id"] for e in examples], batch["answer_mask"].shape[1])
+    m = batch["answer_mask"]
+    shift = live["ref_full"].max(-1, keepdim=True).values
+    assert torch.allclose(cached["ref_full"][m], (live["ref_full"] - shift)[m], atol=2e-2)
+    assert torch.allclose(cached["ref_lse"][m], (live["ref_lse"] - shift[..., 0])[m], atol=1e-4)
+    post_shift = live["ref_post"].max(-1, keepdim=True).values
+    assert torch.allclose(cached["ref_post"][m], (live["ref_post"] - post_shift)[m], atol=2e-2)
+
+
+def test_fingerprint_depends_on_model_tokens_and_data(tokenizer):
+    examples, _ = encode_rows(tokenizer, tiny_rows(3), max_length=256, post_positions=4)
+    kw = {"model_fp": {"sha256": "m"}, "tokenizer_fp": "t", "safety_ids": [1, 2], "examples": examples}
+    base = cache_mod.fingerprint(**kw)
+    assert base == cache_mod.fingerprint(**kw)
+    assert base != cache_mod.fingerprint(**{**kw, "model_fp": {"sha256": "other"}})
+    assert base != cache_mod.fingerprint(**{**kw, "safety_ids": [1, 3]})
+    assert base != cache_mod.fingerprint(**{**kw, "examples": examples[:2]})
+    longer, _ = encode_rows(tokenizer, tiny_rows(3), max_length=256, post_positions=6)
+    assert base != cache_mod.fingerprint(**{**kw, "examples": longer})

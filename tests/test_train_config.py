@@ -1,0 +1,108 @@
+"""Options of `safekeel train`: presets, ablation switches, flag spellings, YAML layering, bad combinations."""
+
+import pytest
+
+from safekeel.cli.main import build_parser
+from safekeel.cli.train_cmd import flat_options
+from safekeel.errors import SafekeelError
+from safekeel.training.config import PRESETS, build_config
+
+REQ = {"model": "m", "dataset": "d", "output_dir": "o", "tokens": "t.json"}
+
+
+def parse(argv):
+    return build_config(flat_options(build_parser().parse_args(["train"] + argv)))
+
+
+def test_paper_defaults():
+    cfg = build_config(REQ)
+    p, t, lo = cfg.pact, cfg.training, cfg.lora
+    assert cfg.method == "pact" and p.preset == "paper"
+    assert (p.lambda_kl, p.n, p.tau, p.threshold, p.temperature, p.gate_scale, p.gate_bias) == (3.0, 8, 8.0, 0.9, 1.0, 1.0, 0.0)
+    assert p.weights and p.calibration and p.decay and not p.safety_mass and p.kl_scope == "safety"
+    assert (t.learning_rate, t.num_train_epochs, t.per_device_train_batch_size) == (3e-5, 3.0, 2)
+    assert (lo.lora_r, lo.lora_alpha, lo.lora_target_modules, lo.full) == (8, 16, "all-linear", False)
+    assert p.post_positions() == 8 + 6 * 8
+
+
+def test_reference_code_preset_and_overrides():
+    cfg = build_config({**REQ, "preset": "reference-code"})
+    assert (cfg.pact.temperature, cfg.pact.gate_scale, cfg.pact.gate_bias) == (2.0, 2.0, 0.0)
+    assert PRESETS["reference-code"]["n"] == 8 and PRESETS["reference-code"]["tau"] == 8.0
+    cfg = build_config({**REQ, "preset": "reference-code", "gate_bias": 0.1, "temperature": 1, "safety_mass": "on"})
+    assert cfg.pact.gate_bias == 0.1 and cfg.pact.temperature == 1.0 and cfg.pact.safety_mass
+
+
+def test_dash_and_underscore_flags_are_the_same():
+    a = parse(["--model", "m", "--dataset", "d", "--output-dir", "o", "--tokens", "t", "--max-steps", "7",
+               "--learning-rate", "1e-4", "--per-device-train-batch-size", "4", "--lambda", "5", "--kl-scope",
+               "safety", "--gate-scale", "3", "--bf16", "--lora-r", "16", "--num-train-epochs", "1"])
+    b = parse(["--model", "m", "--dataset", "d", "--output_dir", "o", "--tokens", "t", "--max_steps", "7",
+               "--learning_rate", "1e-4", "--per_device_train_batch_size", "4", "--lambda_kl", "5", "--kl_scope",
+               "safety", "--gate_scale", "3", "--bf16", "true", "--lora_r", "16", "--num_train_epochs", "1"])
+    assert a.to_dict() == b.to_dict()
+    assert a.training.max_steps == 7 and a.training.learning_rate == 1e-4 and a.training.bf16
+    assert a.pact.lambda_kl == 5.0 and a.pact.gate_scale == 3.0 and a.lora.lora_r == 16
+
+
+def test_ablation_switches():
+    cfg = parse(["--model", "m", "--dataset", "d", "--output-dir", "o", "--tokens", "t", "--weights", "off",
+                 "--calibration", "on", "--decay", "off", "--safety-mass", "on"])
+    assert not cfg.pact.weights and cfg.pact.calibration and not cfg.pact.decay and cfg.pact.safety_mass
+    assert cfg.pact.post_positions() is None  # no decay: the no-prompt view covers every answer position
+    rung1 = build_config({**REQ, "kl_scope": "full"})
+    assert (rung1.pact.weights, rung1.pact.calibration, rung1.pact.decay) == (False, False, False)
+    assert rung1.pact.post_positions() == 0
+    assert build_config({**REQ, "method": "kl", "tokens": None}).pact.kl_scope == "full"
+    assert build_config({**REQ, "calibration": False}).pact.post_positions() == 0
+
+
+def test_yaml_config_and_flags_override(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("method: pact\nmodel: m\ndataset: d\noutput-dir: o\ntokens: t.json\nlearning_rate: 1.0e-4\n"
+                         "max-steps: 9\nweights: off\npreset: reference-code\nlambda: 10\nwarmup_ratio_unused: null\n"
+                         "save_strategy: steps\n")
+    cfg = parse(["--config", str(yaml_file), "--max_steps", "3", "--lambda", "4"])
+    assert cfg.training.learning_rate == 1e-4 and cfg.training.max_steps == 3
+    assert cfg.pact.weights is False and cfg.pact.preset == "reference-code" and cfg.pact.temperature == 2.0
+    assert cfg.pact.lambda_kl == 4.0
+    assert cfg.training.extra == {"save_strategy": "steps"}  # other TrainingArguments fields pass through
+
+
+@pytest.mark.parametrize("flat, message", [
+    ({"preset": "reference-code", "safety_mass": True}, "temperature 1"),
+    ({"kl_scope": "full", "weights": True}, "kl-scope full"),
+    ({"tokens": None}, "needs --tokens"),
+    ({"not_an_option": 1}, "unknown option"),
+    ({"preset": "nope"}, "unknown --preset"),
+    ({"weights": "maybe"}, "on or off"),
+    ({"max_steps": "many"}, "expected int"),
+    ({"poison_ratio": 1.5}, "poison-ratio"),
+    ({"method": "dpo"}, "unknown --method"),
+    ({"output_dir": None}, "output-dir"),
+    ({"bf16": True, "fp16": True}, "exclusive"),
+])
+def test_bad_options(flat, message):
+    with pytest.raises(SafekeelError, match=message):
+        build_config({**REQ, **flat})
+
+
+def test_bad_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(SafekeelError, match="mapping"):
+        parse(["--config", str(bad)])
+    with pytest.raises(SafekeelError, match="cannot read"):
+        parse(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_train_help_lists_the_option_groups(capsys):
+    from safekeel.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--method", "--tokens", "--preset", "--kl-scope", "--safety-mass", "--reference-cache", "--full",
+                 "--load-in-4bit", "--learning-rate", "--per-device-train-batch-size", "--resume", "--config"):
+        assert flag in out
