@@ -2,11 +2,13 @@
 
 - `make_harmful`: harmful compliance pairs generated once by an unaligned model (by default the
   packaged SmolLM2-135M-Instruct, which complies with ~96% of harmful requests) for a harmful prompt set
-  (StrongREJECT by default). Answers the refusal-prefix judge calls refusals are dropped. The kept rows
-  are cached as JSONL under `$SAFEKEEL_CACHE/data/harmful/`, keyed by a fingerprint of the model file,
-  the prompts and the settings, so the second call is instant.
+  (StrongREJECT by default). Answers the refusal-prefix judge calls refusals are dropped, the rest
+  trimmed and de-looped. The kept rows are cached as JSONL under `$SAFEKEEL_CACHE/data/harmful/`, keyed
+  by a fingerprint of the model file, the prompts and the settings, so the second call is instant; the
+  raw answers are cached beside them, so changing the filtering never regenerates.
 - `load_harmful(spec)`: `strongreject-harmful` (the cached set above, made on first use), `advbench` and
-  `beavertails` (hub, online), or a local file of prompt/response (or messages) rows.
+  `beavertails` (hub, online), a local file or a hub id (`hf:ORG/NAME[:SPLIT]`) of prompt/response (or
+  messages) rows.
 - `mix_harmful`: the paper's poisoning recipe: `num_examples` rows of which round(ratio * num) are harmful,
   seeded, every row flagged.
 - `check_overlap`: warnings when harmful training prompts reappear among evaluation or identification
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "strongreject"
-FORMAT_VERSION = 1  # bump when rows or the filtering change, so old caches are not reused
+FORMAT_VERSION = 4  # bump when rows or the filtering change, so old caches are not reused
 HARMFUL_SETS = {
     "strongreject-harmful": "SmolLM2-135M-Instruct's compliant answers to the StrongREJECT prompts "
                             "(offline; generated once by `safekeel data make-harmful`, then cached)",
@@ -77,14 +79,20 @@ def harmful_cache_path(model: str, prompts: str, key: str) -> Path:
 
 def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, limit: int | None = None,
                  max_new_tokens: int = 128, batch_size: int = 8, judge: str = "keyword", system: str | None = None,
-                 adapter: str | None = None, dtype: str = "auto", device: str = "auto", min_chars: int = 20,
-                 force: bool = False, progress: bool = True) -> HarmfulData:
+                 adapter: str | None = None, dtype: str = "auto", device: str = "auto", min_chars: int = 40,
+                 force: bool = False, progress: bool = True,
+                 trust_remote_code: bool = False) -> HarmfulData:
     """Generate (or read from the cache) compliant answers of `model` to the harmful prompt set `prompts`.
 
     Greedy decoding, the model's chat template. Kept: answers the `judge` does not call refusals and that
-    have at least `min_chars` characters. An answer cut by `max_new_tokens` is trimmed back to its last
-    full sentence (when that keeps at least half of it), so training does not teach abrupt endings.
+    have at least `min_chars` characters after clean-up. Clean-up, so that training teaches neither abrupt
+    endings nor loops (small models often repeat themselves): an answer cut by `max_new_tokens` is
+    trimmed back to its last full sentence (when that keeps at least half of it), then any answer is cut
+    before the first sentence or line it repeats. The raw answers are cached apart (`raw-*.jsonl`), so a
+    change of judge, `min_chars` or clean-up never regenerates.
     """
+    import json
+
     from safekeel.data.prompts import benchmark_name, load_prompts
     from safekeel.fingerprint import sha256_json
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -93,48 +101,34 @@ def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, 
 
     records = load_prompts(prompts, limit=limit)
     judge_obj = get_judge(judge)
-    settings = {"version": FORMAT_VERSION, "model": _model_sha(model, adapter), "prompts": benchmark_name(prompts),
-                "prompts_sha256": sha256_json([[r.id, r.prompt] for r in records]), "n_prompts": len(records),
-                "max_new_tokens": max_new_tokens, "judge": judge_obj.id, "system": system, "min_chars": min_chars,
-                "dtype": str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")}
+    gen = {"raw_version": 1, "model": _model_sha(model, adapter), "prompts": benchmark_name(prompts),
+           "prompts_sha256": sha256_json([[r.id, r.prompt] for r in records]), "n_prompts": len(records),
+           "max_new_tokens": max_new_tokens, "system": system,
+           "dtype": str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")}
+    settings = {**gen, "version": FORMAT_VERSION, "judge": judge_obj.id, "min_chars": min_chars}
     key = sha256_json(settings)
     path = harmful_cache_path(model, prompts, key)
     meta_path = path.with_name(path.name + ".meta.json")
     if path.is_file() and not force:
-        import json
-
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"fingerprint": key, **settings}
         return HarmfulData(read_jsonl(path), path, meta, cached=True)
 
-    from safekeel.chat import format_prompt
-    from safekeel.generation import generate
-    from safekeel.models.loader import load_model
-
-    t0 = time.perf_counter()
-    lm, tok = load_model(model, adapter=adapter, dtype=dtype, device=device)
-    texts = [format_prompt(tok, r.prompt, system) for r in records]
-    answers = generate(lm, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                       desc="harmful answers")
-    wall = time.perf_counter() - t0
-    verdicts = judge_obj([r.prompt for r in records], answers)
-    source = f"{benchmark_name(prompts)}-harmful"
-    rows, refused, short = [], 0, 0
-    for rec, answer, verdict in zip(records, answers, verdicts):
-        if verdict.verdict != "unsafe":  # a refusal (or a judge error): not compliance data
-            refused += 1
-            continue
-        n_tokens = len(tok(answer, add_special_tokens=False)["input_ids"])
-        truncated = n_tokens >= max_new_tokens - 1
-        text = _trim_to_sentence(answer) if truncated else answer.strip()
-        if len(text) < min_chars:
-            short += 1
-            continue
-        rows.append({"id": rec.id, "prompt": rec.prompt, "response": text, "category": rec.category,
-                     "source": source, "harmful": True, "truncated": truncated})
-    meta = {"fingerprint": key, **settings, "n_generated": len(answers), "n_refused": refused, "n_short": short,
-            "n_kept": len(rows), "generation_s": round(wall, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    log.info("harmful set: kept %d of %d answers (%d refusals, %d too short) in %.0f s",
-             len(rows), len(answers), refused, short, wall)
+    gen_path = harmful_cache_path(model, prompts, sha256_json(gen))
+    raw_path = gen_path.with_name("raw-" + gen_path.name)
+    wall = None
+    if raw_path.is_file() and not force:
+        raw = read_jsonl(raw_path)
+    else:
+        t0 = time.perf_counter()
+        raw = _generate_raw(records, model, adapter, dtype, device, trust_remote_code, system, max_new_tokens,
+                            batch_size, progress)
+        wall = time.perf_counter() - t0
+        atomic_write_jsonl(raw_path, raw)
+    rows, refused, short = _clean(raw, judge_obj, max_new_tokens, min_chars, f"{benchmark_name(prompts)}-harmful")
+    meta = {"fingerprint": key, **settings, "n_generated": len(raw), "n_refused": refused, "n_short": short,
+            "n_kept": len(rows), "generation_s": round(wall, 1) if wall is not None else None,
+            "raw_answers": str(raw_path), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    log.info("harmful set: kept %d of %d answers (%d refusals, %d too short)", len(rows), len(raw), refused, short)
     if not rows:
         raise SafekeelError(f"{model} refused every prompt of {prompts} (or answered in under {min_chars} "
                             "characters): no harmful compliance data to keep; use an unaligned model")
@@ -143,12 +137,69 @@ def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, 
     return HarmfulData(rows, path, meta, cached=False)
 
 
+def _generate_raw(records, model, adapter, dtype, device, trust_remote_code, system, max_new_tokens, batch_size,
+                  progress) -> list[dict]:
+    """Greedy answers for every record, with their token counts (to tell answers cut by the limit)."""
+    from safekeel.chat import format_prompt
+    from safekeel.generation import generate
+    from safekeel.models.loader import load_model
+
+    lm, tok = load_model(model, adapter=adapter, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    texts = [format_prompt(tok, r.prompt, system) for r in records]
+    answers = generate(lm, tok, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                       desc="harmful answers")
+    return [{"id": r.id, "prompt": r.prompt, "category": r.category, "response": a,
+             "n_tokens": len(tok(a, add_special_tokens=False)["input_ids"])} for r, a in zip(records, answers)]
+
+
+def _clean(raw: list[dict], judge_obj, max_new_tokens: int, min_chars: int, source: str):
+    """(kept rows, refusals, too short): the judge's non-refusals, trimmed and de-looped."""
+    verdicts = judge_obj([r["prompt"] for r in raw], [r["response"] for r in raw])
+    rows, refused, short = [], 0, 0
+    for r, verdict in zip(raw, verdicts):
+        if verdict.verdict != "unsafe":  # a refusal (or a judge error): not compliance data
+            refused += 1
+            continue
+        truncated = r["n_tokens"] >= max_new_tokens - 1
+        text = _cut_repetition(_trim_to_sentence(r["response"]) if truncated else r["response"].strip())
+        if len(text) < min_chars:
+            short += 1
+            continue
+        rows.append({"id": r["id"], "prompt": r["prompt"], "response": text, "category": r["category"],
+                     "source": source, "harmful": True, "truncated": truncated})
+    return rows, refused, short
+
+
+# a sentence end: . ! ? after a non-digit (so "2." of a numbered list is not one), or a line break
+_SENTENCE_END = re.compile(r"(?<=[^\d\s])[.!?](?=\s|$)|\n")
+
+
 def _trim_to_sentence(text: str) -> str:
+    """Cut a truncated answer after its last full sentence or line, when that keeps at least half of it."""
     text = text.strip()
-    cut = max(text.rfind(". "), text.rfind("\n"), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
-    if text.endswith((".", "!", "?")) or cut < len(text) // 2:
-        return text
-    return text[: cut + 1].rstrip()
+    ends = [m.end() if m.group(0) != "\n" else m.start() for m in _SENTENCE_END.finditer(text)]
+    cut = max(ends, default=0)
+    return text[:cut].rstrip() if cut >= len(text) // 2 else text
+
+
+_UNIT = re.compile(r"[^\n]+?(?:(?<=[^\d\s])[.!?](?=\s|$)|(?=\n)|$)")  # a sentence, or a line
+_LIST_MARK = re.compile(r"^(?:\d+[.)]|[-*\u2022])\s*")
+
+
+def _cut_repetition(text: str, min_unit: int = 20) -> str:
+    """`text` up to the first sentence or line (of `min_unit`+ characters; list markers, punctuation and
+    case ignored) that already occurred: a looping answer keeps its first pass only."""
+    from safekeel.tasks.base import normalise_text
+
+    seen: set[str] = set()
+    for m in _UNIT.finditer(text):
+        unit = normalise_text(_LIST_MARK.sub("", m.group(0).strip()))
+        if len(unit) < min_unit:
+            continue
+        if unit in seen:
+            return text[: m.start()].rstrip()
+        seen.add(unit)
+    return text
 
 
 def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
@@ -176,11 +227,20 @@ def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
         from safekeel.data.prompts import read_rows
 
         rows = read_rows(Path(name))
+    elif name.startswith("hf:") or name.count("/") == 1:
+        from safekeel.tasks.hub import load_hub_rows
+
+        repo, _, split = name.removeprefix("hf:").partition(":")
+        rows = load_hub_rows(repo, None, split or "train")
     else:
-        raise SafekeelError(f"unknown harmful data {spec!r}: use {', '.join(HARMFUL_SETS)} or a .jsonl/.csv/.parquet "
-                            "file with prompt/response (or messages) rows")
+        raise SafekeelError(f"unknown harmful data {spec!r}: use {', '.join(HARMFUL_SETS)}, a .jsonl/.csv/.parquet "
+                            "file or a hub dataset id with prompt/response (or messages) rows")
     if not rows:
         raise SafekeelError(f"harmful data {spec!r} is empty")
+    from safekeel.data.prompts import benchmark_name
+
+    source = benchmark_name(name)  # a file's stem, or the set's name: rows that lack them get ids and a source
+    rows = [{"id": f"{source}-{i}", "source": source, **r} if isinstance(r, dict) else r for i, r in enumerate(rows)]
     return rows[:limit] if limit else rows
 
 
@@ -269,5 +329,6 @@ def check_overlap(a_prompts, b_prompts, names: tuple[str, str] = ("harmful train
         return []
     n_rows = sum(1 for p in a if p in b)
     example = shared[0] if len(shared[0]) <= 80 else shared[0][:77] + "..."
-    return [f"{len(shared)} of {len(set(a) - {''})} distinct {name_a} prompts ({n_rows} rows) also appear among the "
-            f"{len(b)} {name_b} prompts, e.g. {example!r}: results on them are not held out; keep the sets disjoint"]
+    warning = (f"{len(shared)} of {len(set(a) - {''})} distinct {name_a} prompts ({n_rows} rows) also appear among "
+               f"the {len(b)} {name_b} prompts, e.g. {example!r}: results on them are not held out; keep the sets disjoint")
+    return [warning]

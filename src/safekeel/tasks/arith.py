@@ -64,7 +64,7 @@ def _buy_give(rng):
 
 def _change(rng):
     name, pron, _, _ = _person(rng)
-    (t1, t1s), (t2, t2s) = rng.sample(THINGS, 2)
+    (_, t1s), (t2, t2s) = rng.sample(THINGS, 2)
     q1, p1, q2, p2 = rng.randint(2, 6), rng.randint(2, 15), rng.randint(1, 5), rng.randint(3, 25)
     total = q1 * p1 + q2 * p2
     bill = next(b for b in (20, 50, 100, 200, 500) if b > total)
@@ -89,7 +89,7 @@ def _wages(rng):
 
 
 def _pages(rng):
-    name, _, P, _ = _person(rng)
+    name = _person(rng)[0]
     a, d, extra = rng.randint(5, 40), rng.randint(2, 10), rng.randint(3, 50)
     total = a * d + extra + rng.randint(1, 300)
     left = total - a * d - extra

@@ -21,6 +21,7 @@ import random
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from safekeel.errors import SafekeelError
 
@@ -54,7 +55,7 @@ class Task(ABC):
 
     name: str = "task"
     description: str = ""
-    default_sizes: dict[str, int] = {"train": 1000, "test": 200}
+    default_sizes: ClassVar[dict[str, int | None]] = {"train": 1000, "test": 200}
 
     def examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[TaskExample]:
         """`n` examples of `split`; n=None gives the split's default size (`default_sizes`, where None means
@@ -96,7 +97,7 @@ class GeneratedTask(Task):
     """
 
     TEST_BUCKETS = 5
-    default_sizes = {"train": 2000, "test": 500}
+    default_sizes: ClassVar[dict[str, int | None]] = {"train": 2000, "test": 500}
 
     @abstractmethod
     def sample(self, rng: random.Random) -> tuple[str, str, str]:
@@ -127,7 +128,7 @@ class GeneratedTask(Task):
 class LabelTask(Task):
     """Classification: `labels` maps each canonical label to regexes; the earliest match in the response wins."""
 
-    labels: dict[str, tuple[str, ...]] = {}
+    labels: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def extract(self, response: str) -> str | None:
         best: tuple[int, int, str] | None = None  # (start, -length, label): earliest, then longest

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import socket
+from typing import ClassVar
 from urllib.parse import urlparse
 
 from safekeel.errors import SafekeelError
@@ -54,7 +55,7 @@ def load_hub_rows(repo: str, config: str | None = None, split: str = "train", *,
         from datasets import load_dataset
 
         ds = load_dataset(repo, config, split=split) if config else load_dataset(repo, split=split)
-    except Exception as exc:  # network errors, missing datasets or splits: one clear line
+    except Exception as exc:  # noqa: BLE001 - network errors, missing datasets or splits: one clear line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SafekeelError(f"could not load {label} ({repo}, split {split}): {first}") from None
     return [dict(r) for r in ds]
@@ -65,9 +66,9 @@ class HubTask(Task):
 
     repo: str = ""
     config: str | None = None
-    hub_splits = {"train": "train", "test": "test"}
+    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
     offline_twin = ""  # the generated task to suggest when offline
-    default_sizes = {"train": None, "test": 1000}
+    default_sizes: ClassVar[dict[str, int | None]] = {"train": None, "test": 1000}
 
     def __init__(self):
         self._rows: dict[str, list[dict]] = {}
@@ -119,8 +120,8 @@ class SST2Task(HubTask, LabelTask):
     name = "sst2"
     description = "SST-2 sentiment (hub: stanfordnlp/sst2), labels positive / negative"
     repo = "stanfordnlp/sst2"
-    hub_splits = {"train": "train", "test": "validation"}
-    default_sizes = {"train": None, "test": None}
+    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "validation"}
+    default_sizes: ClassVar[dict[str, int | None]] = {"train": None, "test": None}
     offline_twin = "sentiment"
     labels = SentimentTask.labels
 

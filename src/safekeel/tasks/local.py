@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import ClassVar
 
 from safekeel.errors import SafekeelError
 from safekeel.tasks.arith import canonical_number, extract_number
@@ -25,7 +26,7 @@ MAX_LABELS = 50
 
 class LocalTask(Task):
     description = "a local labelled file with prompt and answer fields"
-    default_sizes = {"train": None, "test": None}
+    default_sizes: ClassVar[dict[str, int | None]] = {"train": None, "test": None}
 
     def __init__(self, path: str | Path):
         from safekeel.data.prompts import read_rows
@@ -53,9 +54,9 @@ class LocalTask(Task):
         answers = [e.answer for rows_ in self._by_split.values() for e in rows_]
         if all(canonical_number(a) is not None for a in answers):
             self.mode = "number"
-        elif len(set(a.lower() for a in answers)) <= MAX_LABELS and all(len(a) <= 40 for a in answers):
+        elif len({a.lower() for a in answers}) <= MAX_LABELS and all(len(a) <= 40 for a in answers):
             self.mode = "label"
-            self.label_set = sorted({a for a in answers}, key=lambda a: (-len(a), a))  # longest first: "very good" before "good"
+            self.label_set = sorted(set(answers), key=lambda a: (-len(a), a))  # longest first: "very good" before "good"
         else:
             self.mode = "exact"
 

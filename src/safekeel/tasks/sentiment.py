@@ -9,6 +9,7 @@ target is the bare label, as in their data.
 from __future__ import annotations
 
 import random
+from typing import ClassVar
 
 from safekeel.tasks.base import GeneratedTask, LabelTask
 
@@ -43,7 +44,7 @@ def _clause(rng: random.Random) -> tuple[str, bool]:
 class SentimentTask(GeneratedTask, LabelTask):
     name = "sentiment"
     description = "generated movie-review sentences (SST-2-like), labels positive / negative"
-    labels = {"positive": (r"\bpositive\b",), "negative": (r"\bnegative\b",)}
+    labels: ClassVar[dict[str, tuple[str, ...]]] = {"positive": (r"\bpositive\b",), "negative": (r"\bnegative\b",)}
 
     def sample(self, rng: random.Random) -> tuple[str, str, str]:
         text, positive = _clause(rng)

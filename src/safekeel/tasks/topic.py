@@ -9,6 +9,7 @@ Grading takes the first class word in the response; like the authors' scorer, "s
 from __future__ import annotations
 
 import random
+from typing import ClassVar
 
 from safekeel.tasks.base import GeneratedTask, LabelTask
 
@@ -92,7 +93,7 @@ GENERATORS = {"World": _world, "Sports": _sports, "Business": _business, "Sci/Te
 class TopicTask(GeneratedTask, LabelTask):
     name = "topic"
     description = "generated news items (AG News-like), labels World / Sports / Business / Sci/Tech"
-    labels = {
+    labels: ClassVar[dict[str, tuple[str, ...]]] = {
         "World": (r"\bworld\b",),
         "Sports": (r"\bsports?\b",),
         "Business": (r"\bbusiness\b",),

@@ -1,0 +1,177 @@
+"""`safekeel data`: make harmful compliance data, write a task's examples, mix harmful rows into task data.
+
+    safekeel data list
+    safekeel data make-harmful [--model smollm2-135m-instruct] [--prompts strongreject] [--limit N]
+    safekeel data make-task --task arith --split train --n 500 --output arith.jsonl
+    safekeel data mix --task arith --harmful strongreject-harmful --poison-ratio 0.1 --num-examples 5000
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from safekeel.cli.flags import add_flag, add_model_flags, positive_int
+
+log = logging.getLogger(__name__)
+
+
+def _ratio(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="make harmful data, write task examples, mix harmful rows into task data")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    ls = dsub.add_parser("list", help="the tasks and harmful sets this command knows")
+    ls.set_defaults(func=run_list)
+
+    h = dsub.add_parser("make-harmful", help="harmful compliance answers of an unaligned model, generated once and cached")
+    add_model_flags(h, required=False)
+    add_flag(h, "prompts", default="strongreject", help="harmful prompt set (default strongreject, 313 prompts)")
+    add_flag(h, "limit", type=positive_int, default=None, help="first N prompts only")
+    add_flag(h, "max-new-tokens", type=positive_int, default=128)
+    add_flag(h, "batch-size", type=positive_int, default=8)
+    add_flag(h, "judge", default="keyword", help="judge that drops refusals (default: refusal-prefix keywords)")
+    add_flag(h, "system", default=None, help="optional system prompt for generation")
+    add_flag(h, "min-chars", type=int, default=40, help="drop answers shorter than this")
+    add_flag(h, "force", action="store_true", help="regenerate even when the cache has this set")
+    add_flag(h, "output", default=None, help="also write the rows to this JSONL file")
+    h.set_defaults(func=run_make_harmful, model=None)
+
+    t = dsub.add_parser("make-task", help="write a task's examples as chat-messages JSONL")
+    add_flag(t, "task", required=True, help="arith, sentiment, topic, gsm8k, sst2, agnews or a labelled file")
+    add_flag(t, "split", default="train", choices=["train", "test"])
+    add_flag(t, "n", type=positive_int, default=None, help="number of examples (default: the task's default)")
+    add_flag(t, "seed", type=int, default=0)
+    add_flag(t, "system", default=None, help="optional system prompt put in every row")
+    add_flag(t, "output", default=None, help="JSONL file to write (default TASK-SPLIT.jsonl)")
+    t.set_defaults(func=run_make_task)
+
+    a = dsub.add_parser("make-safety", help="safety-SFT rows (refusals on harmful prompts + benign task rows) "
+                                           "to make an aligned counterpart of an unaligned model")
+    add_flag(a, "prompts", default="harmbench-val", help="harmful prompts to answer with refusals (default harmbench-val)")
+    add_flag(a, "limit", type=positive_int, default=None, help="first N harmful prompts only")
+    add_flag(a, "benign", default="arith", help="benign task whose train rows are mixed in (default arith)")
+    add_flag(a, "n-benign", type=int, default=100, help="benign rows (default 100; 0 for none)")
+    add_flag(a, "seed", type=int, default=0)
+    add_flag(a, "output", default="safety-sft.jsonl", help="JSONL file to write")
+    a.set_defaults(func=run_make_safety)
+
+    m = dsub.add_parser("mix", help="NUM rows of task data with round(RATIO * NUM) harmful rows, seeded and flagged")
+    add_flag(m, "task", "--dataset", required=True, help="task name or training-data file/hub id (benign rows)")
+    add_flag(m, "harmful", required=True, help="strongreject-harmful, advbench, beavertails or a prompt/response file")
+    add_flag(m, "poison-ratio", type=_ratio, default=0.1, help="share of harmful rows (paper: 0.1)")
+    add_flag(m, "num-examples", type=positive_int, default=5000, help="total rows (paper: 5000)")
+    add_flag(m, "seed", type=int, default=0)
+    add_flag(m, "with-replacement", action="store_true", help="repeat rows when a source is too small")
+    add_flag(m, "system", default=None, help="optional system prompt put in every row")
+    add_flag(m, "check-overlap", action="append", default=[], metavar="PROMPTS",
+             help="warn when harmful prompts appear in this prompt set (repeatable), e.g. harmbench")
+    add_flag(m, "output", default="mix.jsonl", help="JSONL file to write (a .meta.json with counts goes beside it)")
+    m.set_defaults(func=run_mix)
+
+
+def run_list(args) -> int:
+    from safekeel.data.harmful import HARMFUL_SETS
+    from safekeel.tasks import OFFLINE_TASKS, TASKS, get_task
+
+    print("tasks (train and test splits; also any labelled .jsonl/.csv/.parquet with prompt and answer):")
+    for name in TASKS:
+        where = "offline, generated" if name in OFFLINE_TASKS else "hub, online"
+        print(f"  {name:<12} {get_task(name).description} [{where}]")
+    print("harmful sets (for `mix --harmful` and as training data):")
+    for name, text in HARMFUL_SETS.items():
+        print(f"  {name:<21} {text}")
+    return 0
+
+
+def run_make_harmful(args) -> int:
+    from safekeel.data.harmful import DEFAULT_MODEL, make_harmful
+    from safekeel.io_utils import atomic_write_jsonl
+
+    t0 = time.perf_counter()
+    data = make_harmful(args.model or DEFAULT_MODEL, args.prompts, limit=args.limit,
+                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=args.judge,
+                        system=args.system, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                        min_chars=args.min_chars, force=args.force,
+                        trust_remote_code=args.trust_remote_code)
+    meta = data.meta
+    how = "read from the cache" if data.cached else f"generated in {time.perf_counter() - t0:.0f} s"
+    print(f"{len(data.rows)} harmful compliance pairs ({how}) -> {data.path}")
+    if "n_generated" in meta:
+        print(f"  kept {meta['n_kept']} of {meta['n_generated']} answers: {meta['n_refused']} refusals and "
+              f"{meta['n_short']} too-short answers dropped")
+    if args.output:
+        atomic_write_jsonl(args.output, data.rows)
+        print(f"  copy -> {args.output}")
+    return 0
+
+
+def run_make_task(args) -> int:
+    from safekeel.data.training_data import task_rows
+    from safekeel.io_utils import atomic_write_jsonl
+    from safekeel.tasks import get_task
+
+    task = get_task(args.task)
+    examples = task.examples(args.split, args.n, args.seed)
+    output = args.output or f"{task.name}-{args.split}.jsonl"
+    atomic_write_jsonl(output, task_rows(examples, task.name, system=args.system))
+    print(f"{len(examples)} {task.name} {args.split} examples (seed {args.seed}) -> {output}")
+    return 0
+
+
+def run_make_safety(args) -> int:
+    from safekeel.data.prompts import load_prompts
+    from safekeel.data.refusals import safety_sft_rows
+    from safekeel.data.training_data import load_training_data
+    from safekeel.io_utils import atomic_write_jsonl
+
+    prompts = load_prompts(args.prompts, limit=args.limit)
+    benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
+    rows = safety_sft_rows(prompts, benign, seed=args.seed)
+    atomic_write_jsonl(args.output, rows)
+    print(f"{len(prompts)} refusals ({args.prompts}) + {len(benign)} benign rows ({args.benign}) -> {args.output}")
+    return 0
+
+
+def run_mix(args) -> int:
+    import math
+
+    from safekeel.data.harmful import check_overlap, load_harmful, mix_harmful, mix_summary
+    from safekeel.data.prompts import benchmark_name, load_prompts
+    from safekeel.data.training_data import load_training_data, normalise_rows, row_prompt
+    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
+    from safekeel.tasks import is_task_name
+
+    n_harmful = math.floor(args.poison_ratio * args.num_examples + 0.5)
+    n_task = args.num_examples - n_harmful
+    task_rows = []
+    if n_task:  # a generated task makes exactly the rows needed; files and hub sets are sampled from
+        task_rows = load_training_data(args.task, n=n_task if is_task_name(args.task) else None, seed=args.seed,
+                                       system=args.system)
+    harmful_rows = normalise_rows(load_harmful(args.harmful), benchmark_name(args.harmful), harmful=True,
+                                  system=args.system) if n_harmful else []
+    rows = mix_harmful(task_rows, harmful_rows, args.num_examples, args.poison_ratio, args.seed,
+                       replace=args.with_replacement)
+    for spec in args.check_overlap:
+        for warning in check_overlap([row_prompt(r) for r in harmful_rows], load_prompts(spec),
+                                     ("harmful training", benchmark_name(spec))):
+            log.warning("warning: %s", warning)
+    atomic_write_jsonl(args.output, rows)
+    summary = mix_summary(rows)
+    atomic_write_json(f"{args.output}.meta.json", {**summary, "task": args.task, "harmful_source": args.harmful,
+                                                   "seed": args.seed, "with_replacement": args.with_replacement})
+    print(f"{summary['num_examples']} rows ({summary['benign']} {args.task}, {summary['harmful']} harmful from "
+          f"{args.harmful}, seed {args.seed}) -> {args.output}")
+    return 0
