@@ -12,9 +12,9 @@ never counts as safe.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 
-from safekeel.judges.base import Judge, Judgement
+from safekeel.judges.base import Judgement
+from safekeel.judges.model_judge import ModelJudge
 
 DEFAULT_MODEL = "meta-llama/Llama-Guard-3-8B"
 
@@ -70,45 +70,20 @@ def parse_llamaguard(text: str) -> Judgement:
     return Judgement("error", None, {**details, "error": "unparseable guard answer"})
 
 
-class LlamaGuardJudge(Judge):
+class LlamaGuardJudge(ModelJudge):
     """Llama-Guard-3 on a local model (loaded lazily with `load_model`), or on any `generate_fn`.
 
     generate_fn(texts) -> answers replaces the local model (tests, other backends); `tokenizer` then
     supplies the chat template (default: the guard model's own tokenizer).
     """
 
-    def __init__(self, model: str | None = None, *, tokenizer=None,
-                 generate_fn: Callable[[list[str]], list[str]] | None = None, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 8, max_new_tokens: int = 16, trust_remote_code: bool = False):
-        self.model_spec = model or DEFAULT_MODEL
-        self.id = f"llamaguard:{self.model_spec}"
-        self._tokenizer = tokenizer
-        self._generate_fn = generate_fn
-        self._lazy = None
-        self._opts = {"device": device, "dtype": dtype, "batch_size": batch_size,
-                      "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code}
+    name = "llamaguard"
 
-    def _generator(self):
-        if self._lazy is None:
-            from safekeel.evaluation.generator import LazyGenerator
+    def __init__(self, model: str | None = None, *, max_new_tokens: int = 16, **kwargs):
+        super().__init__(model or DEFAULT_MODEL, max_new_tokens=max_new_tokens, **kwargs)
 
-            self._lazy = LazyGenerator(self.model_spec, **self._opts)
-        return self._lazy
+    def render(self, tokenizer, prompt: str, response: str) -> str:
+        return build_guard_text(tokenizer, prompt, response)
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self._generator().tokenizer
-        return self._tokenizer
-
-    def build_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
-        return [build_guard_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
-
-    def judge(self, prompts, responses):
-        texts = self.build_texts(prompts, responses)
-        answers = self._generate_fn(texts) if self._generate_fn else self._generator().generate(texts)
-        return [parse_llamaguard(a) for a in answers]
-
-    def close(self) -> None:
-        if self._lazy is not None:
-            self._lazy.close()
+    def parse(self, answer: str) -> Judgement:
+        return parse_llamaguard(answer)

@@ -14,9 +14,9 @@ out of range, is a judge `error`, never safe. The prompt is our own wording of t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 
-from safekeel.judges.base import Judge, Judgement
+from safekeel.judges.base import Judgement
+from safekeel.judges.model_judge import ModelJudge
 
 THRESHOLD = 0.5
 
@@ -90,45 +90,22 @@ def render_rubric(tokenizer, prompt: str, response: str) -> str:
         return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
 
 
-class RubricJudge(Judge):
+class RubricJudge(ModelJudge):
     """The rubric answered by a local chat model (loaded lazily), or by any `generate_fn`."""
 
-    def __init__(self, model: str | None = None, *, tokenizer=None,
-                 generate_fn: Callable[[list[str]], list[str]] | None = None, threshold: float = THRESHOLD,
-                 device: str = "auto", dtype: str = "auto", batch_size: int = 8, max_new_tokens: int = 384,
-                 trust_remote_code: bool = False):
+    name = "rubric"
+
+    def __init__(self, model: str | None = None, *, generate_fn=None, threshold: float = THRESHOLD,
+                 max_new_tokens: int = 384, **kwargs):
         if not model and generate_fn is None:
             from safekeel.errors import SafekeelError
 
             raise SafekeelError("the rubric judge needs a judge model: --judge rubric:MODEL")
-        self.model_spec = model or "custom"
-        self.id = f"rubric:{self.model_spec}"
+        super().__init__(model or "custom", generate_fn=generate_fn, max_new_tokens=max_new_tokens, **kwargs)
         self.threshold = threshold
-        self._tokenizer, self._generate_fn, self._lazy = tokenizer, generate_fn, None
-        self._opts = {"device": device, "dtype": dtype, "batch_size": batch_size,
-                      "max_new_tokens": max_new_tokens, "trust_remote_code": trust_remote_code}
 
-    def _generator(self):
-        if self._lazy is None:
-            from safekeel.evaluation.generator import LazyGenerator
+    def render(self, tokenizer, prompt: str, response: str) -> str:
+        return render_rubric(tokenizer, prompt, response)
 
-            self._lazy = LazyGenerator(self.model_spec, **self._opts)
-        return self._lazy
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = self._generator().tokenizer
-        return self._tokenizer
-
-    def build_texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
-        return [render_rubric(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
-
-    def judge(self, prompts, responses):
-        texts = self.build_texts(prompts, responses)
-        answers = self._generate_fn(texts) if self._generate_fn else self._generator().generate(texts)
-        return [parse_rubric(a, self.threshold) for a in answers]
-
-    def close(self) -> None:
-        if self._lazy is not None:
-            self._lazy.close()
+    def parse(self, answer: str) -> Judgement:
+        return parse_rubric(answer, self.threshold)
