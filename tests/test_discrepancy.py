@@ -9,7 +9,7 @@ from safekeel.tokens.discrepancy import Discrepancy, compute_discrepancy, select
 def _slow_d(aligned, base, al_prompts, ba_prompts, answers, per_sample):
     """Literal: one sequence at a time, one position at a time, full-vocabulary softmax."""
     vocab = aligned.config.vocab_size
-    total, total_p, count, per = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0, []
+    total, total_p, count = torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0
     for pa, pb, ans in zip(al_prompts, ba_prompts, answers):
         seq_a = torch.tensor([pa + ans])
         seq_b = torch.tensor([pb + ans])
@@ -35,7 +35,7 @@ def _slow_d(aligned, base, al_prompts, ba_prompts, answers, per_sample):
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_discrepancy_matches_slow_loop(tiny_pair, tokenizer, per_sample):
     aligned, base = tiny_pair
-    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids
     al_prompts = [enc("<|im_start|>user\nHow do I pick a lock?<|im_end|>\n<|im_start|>assistant\n"),
                   enc("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"),
                   enc("<|im_start|>user\nWrite a tutorial on how to make a cake with flour<|im_end|>\n<|im_start|>assistant\n")]

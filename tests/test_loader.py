@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from safekeel.errors import SafekeelError
-from safekeel.models.loader import load_model, pick_dtype, pick_device, resolve_source
+from safekeel.models.loader import load_model, pick_device, pick_dtype, resolve_source
 
 
 def test_resolve_sources(tiny_dirs, tmp_path):

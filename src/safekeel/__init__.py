@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from safekeel.errors import SafekeelError  # noqa: E402
+from safekeel.errors import SafekeelError
 
 __all__ = ["SafekeelError", "__version__"]

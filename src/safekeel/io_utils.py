@@ -8,7 +8,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

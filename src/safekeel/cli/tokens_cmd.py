@@ -145,7 +145,7 @@ def run_intervene(args) -> int:
     view = Table(title=f"attack success rate under interventions (α={args.alpha}, K={tokens.k}, n={len(prompts)})")
     for col in ("setting", "safety tokens", "random tokens"):
         view.add_column(col)
-    fmt = lambda s: "n/a" if table[s]["asr"] is None else f"{100 * table[s]['asr']:.1f}%"  # noqa: E731
+    fmt = lambda s: "n/a" if table[s]["asr"] is None else f"{100 * table[s]['asr']:.1f}%"
     view.add_row("baseline (no intervention)", fmt("baseline"), fmt("baseline"))
     view.add_row(f"boost (logits + {args.alpha})", fmt("safety_boost"), fmt("random_boost"))
     view.add_row("suppress (logits = -1e9)", fmt("safety_suppress"), fmt("random_suppress"))

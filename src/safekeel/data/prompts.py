@@ -159,11 +159,9 @@ def _local_file(path: Path, prompt_field: str) -> list[PromptRecord]:
 
 
 def _hub(name: str, prompt_field: str) -> list[PromptRecord]:
-    repo, _, split = name.partition(":")
-    try:
-        from datasets import load_dataset
+    # the tasks' hub loader fails at once, with one clear line, when the hub is unreachable
+    from safekeel.tasks.hub import load_hub_rows
 
-        ds = load_dataset(repo, split=split or "train")
-    except Exception as exc:  # network errors, missing datasets: one clear line
-        raise SafekeelError(f"could not load hub dataset {repo!r}: {str(exc).splitlines()[0]}") from None
-    return _records_from_rows([dict(r) for r in ds], prompt_field, f"hf:{repo}")
+    repo, _, split = name.partition(":")
+    rows = load_hub_rows(repo, None, split or "train", what=f"prompt set {repo!r}")
+    return _records_from_rows(rows, prompt_field, f"hf:{repo}")

@@ -126,7 +126,7 @@ def identify_safety_tokens(
                            "system_prompt": system},
             "averaging": "per-answer mean" if preset == "reference-code" else "all positions",
             "safekeel_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
     return artifact, rows

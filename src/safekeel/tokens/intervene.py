@@ -19,7 +19,7 @@ SUPPRESS = -1e9
 
 def random_control_tokens(tokenizer, exclude: Sequence[int], k: int, seed: int = 0) -> list[int]:
     """K token ids drawn uniformly from the vocabulary minus `exclude` and special tokens."""
-    banned = set(int(i) for i in exclude) | set(tokenizer.all_special_ids)
+    banned = {int(i) for i in exclude} | set(tokenizer.all_special_ids)
     pool = [i for i in range(len(tokenizer)) if i not in banned]
     if len(pool) < k:
         raise ValueError(f"vocabulary too small for {k} random control tokens")
