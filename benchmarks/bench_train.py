@@ -263,6 +263,7 @@ def main(argv=None) -> int:
     import torch
 
     summary["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(summary, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     print(f"wrote {args.output}")
