@@ -57,30 +57,15 @@ def run_fetch(args) -> int:
 
 def run_merge(args) -> int:
     """Merge `--adapter` into `--model` and save it, e.g. to use an aligned counterpart as a plain model."""
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from safekeel.errors import SafekeelError
-    from safekeel.models.loader import load_model
+    from safekeel.models.loader import load_model, save_model_dir
 
     out = Path(args.output)
     if out.exists() and any(out.iterdir()):
         raise SafekeelError(f"--output {out} exists and is not empty")
     model, tok = load_model(args.model, adapter=args.adapter, merge_adapter=True, dtype="float32", device="cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:  # write beside the target, then rename: an interrupted merge leaves no half model behind
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    save_model_dir(model, tok, out)
     print(f"merged {args.adapter} into {args.model} -> {out}")
     return 0

@@ -179,15 +179,18 @@ def converted_dir(source: ModelSource) -> Path:
     return cache_root() / "converted" / f"{Path(source.gguf_file).stem}-{key}"
 
 
-def _save_converted(model, tokenizer, target: Path) -> None:
-    """Save atomically: write to a temporary directory, then rename it into place."""
+def save_model_dir(model, tokenizer, target: Path) -> Path:
+    """Save model + tokenizer as a plain safetensors directory, atomically: written to a temporary
+    directory beside `target`, then renamed into place (an empty `target` is replaced). Raises on failure
+    and leaves nothing behind."""
     import shutil
     import tempfile
 
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, although its
-    # weights are already plain dequantized tensors: drop the marker before saving.
+    # weights are already plain dequantized tensors: drop the marker while saving.
     quantizer = getattr(model, "hf_quantizer", None)
     qconfig = getattr(model.config, "quantization_config", None)
     try:
@@ -199,15 +202,25 @@ def _save_converted(model, tokenizer, target: Path) -> None:
                 setattr(model, attr, False if attr == "is_quantized" else None)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
         os.replace(tmp, target)
-    except Exception as exc:  # noqa: BLE001 - caching is an optimisation; loading already worked
-        log.warning("could not cache the converted model at %s: %s", target, str(exc).splitlines()[0])
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         if quantizer is not None:
             model.hf_quantizer = quantizer
         if qconfig is not None:
             model.config.quantization_config = qconfig
+    return target
+
+
+def _save_converted(model, tokenizer, target: Path) -> None:
+    try:
+        save_model_dir(model, tokenizer, target)
+    except Exception as exc:  # noqa: BLE001 - caching is an optimisation; loading already worked
+        log.warning("could not cache the converted model at %s: %s", target, str(exc).splitlines()[0])
 
 
 def cache_root() -> Path:
