@@ -4,6 +4,7 @@
 # PACT) -> HarmBench ASR (keyword judge, first N_EVAL test prompts) and arithmetic accuracy.
 # Usage: bash experiments/qwen_replication.sh [OUT_DIR] [METHOD_SPEC...]
 #   METHOD_SPEC = name:method:extra-flags (default: sft, pact-paper-l3)
+#   e.g. "pact-refcode-l10:pact:--preset reference-code --lambda 10"
 set -euo pipefail
 OUT="${1:-runs/qwen}"; shift || true
 M=qwen2.5-coder-0.5b-instruct
@@ -30,7 +31,7 @@ evaluate() {  # name, model args...
     --max-new-tokens 48 --batch-size 16 --output-dir "$OUT/eval-$name"
   timed safekeel eval task --model "$M" "$@" --task arith --limit 50 --max-new-tokens 96 --output-dir "$OUT/eval-$name"
 }
-[ -f "$OUT/eval-original/results.json" ] || evaluate original
+evaluate original  # resumes from saved samples, so a larger N_EVAL only generates the new prompts
 
 SPECS=("$@")
 [ ${#SPECS[@]} -gt 0 ] || SPECS=("sft:sft:" "pact-paper-l3:pact:--preset paper --lambda 3")

@@ -4,7 +4,7 @@
 # counterpart by a short safety SFT; the original model is its base.
 #   1. align:     refusals on HarmBench-val prompts + arithmetic rows -> LoRA -> merged "aligned" model
 #   2. identify:  the aligned model's safety tokens against the original (paper §2.1)
-#   3. fine-tune: arithmetic with 25% harmful rows (StrongREJECT compliance answers), SFT and PACT
+#   3. fine-tune: arithmetic with 50% harmful rows (StrongREJECT compliance answers), SFT and PACT
 #   4. evaluate:  HarmBench test (keyword judge) and arithmetic accuracy for aligned, SFT and PACT
 #   5. gate:      each fine-tuned model against the aligned one; a comparison table
 # Usage: bash scripts/quickstart.sh [OUT_DIR]   (SAFEKEEL_QUICK_EVAL=N prompts per evaluation)
@@ -29,12 +29,12 @@ step "2/5 safety tokens of the aligned model (base: the original $M)"
 safekeel tokens identify --aligned "$OUT/aligned" --base "$M" --prompts harmbench-val --k 50 \
   --max-new-tokens 48 --batch-size 8 --output "$OUT/tokens.json"
 
-step "3/5 fine-tune on arithmetic + 25% harmful rows: SFT and PACT"
+step "3/5 fine-tune on arithmetic + 50% harmful rows: SFT and PACT"
 for METHOD in sft pact; do
   [ -f "$OUT/$METHOD/adapter_config.json" ] || \
   safekeel train --method "$METHOD" --model "$OUT/aligned" --tokens "$OUT/tokens.json" --dataset arith \
-    --harmful strongreject-harmful --poison-ratio 0.25 --num-examples 160 --num-train-epochs 1 \
-    --learning-rate 2e-4 --per-device-train-batch-size 4 --max-length 384 --logging-steps 10 --save-steps 1000 \
+    --harmful strongreject-harmful --poison-ratio 0.5 --num-examples 160 --num-train-epochs 1 \
+    --learning-rate 3e-4 --per-device-train-batch-size 4 --max-length 384 --logging-steps 10 --save-steps 1000 \
     --disable-tqdm --output-dir "$OUT/$METHOD"
 done
 

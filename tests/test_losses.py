@@ -280,3 +280,47 @@ def test_dispersion_and_answer_positions():
     assert torch.all(dispersion(z[5:10]) == 1 / K)
     t = answer_positions(make_mask())
     assert t[1, 7].item() == 0 and t[1, 6].item() == -1 and t[2, 12].item() == 7 and t[3, -1].item() == 4
+
+
+# ---------------------------------------------------------------------------------- answer_token_terms
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_answer_token_terms_matches_separate_ops(with_ids):
+    from safekeel.losses import answer_token_terms
+
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(7, 31, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randint(0, 31, (7,), generator=g)
+    ids = torch.tensor([4, 0, 30, 9]) if with_ids else None
+    w_ce, w_k, w_l = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+
+    ce, zk, lse = answer_token_terms(z, t, ids)
+    loss = (ce * w_ce).sum() + (lse * w_l).sum() + ((zk * w_k).sum() if with_ids else 0)
+    grad, = torch.autograd.grad(loss, z)
+
+    z2 = z.detach().clone().requires_grad_()
+    ce2 = torch.nn.functional.cross_entropy(z2, t, reduction="none")
+    lse2 = z2.logsumexp(-1)
+    loss2 = (ce2 * w_ce).sum() + (lse2 * w_l).sum() + (((z2[:, ids]) * w_k).sum() if with_ids else 0)
+    grad2, = torch.autograd.grad(loss2, z2)
+    torch.testing.assert_close(ce, ce2)
+    torch.testing.assert_close(lse, lse2)
+    if with_ids:
+        torch.testing.assert_close(zk, z2[:, ids])
+    else:
+        assert zk.shape == (7, 0)
+    torch.testing.assert_close(grad, grad2)
+    assert torch.autograd.gradcheck(lambda x: answer_token_terms(x, t, ids)[0].sum() + answer_token_terms(x, t, ids)[1].sum(), (z.detach().clone().requires_grad_(),))
+
+
+def test_answer_token_terms_only_ce_used():
+    """Outputs that do not reach the loss get no gradient (None in the backward) and are skipped."""
+    from safekeel.losses import answer_token_terms
+
+    z = torch.randn(5, 11, dtype=torch.float64, requires_grad=True)
+    t = torch.arange(5)
+    ce, _, _ = answer_token_terms(z, t, torch.tensor([1, 2]))
+    g, = torch.autograd.grad(ce.sum(), z)
+    g2, = torch.autograd.grad(torch.nn.functional.cross_entropy(z, t, reduction="sum"), z)
+    torch.testing.assert_close(g, g2)
+    with pytest.raises(ValueError):
+        answer_token_terms(z[0], t)

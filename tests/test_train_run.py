@@ -112,6 +112,23 @@ def test_full_fine_tuning_with_live_reference(setup, tmp_path):
     assert (tmp_path / "config.json").is_file() and not (tmp_path / "adapter_config.json").exists()
 
 
+def test_sharded_runs_need_the_reference_cache(setup, tmp_path, monkeypatch):
+    """Under FSDP / DeepSpeed (as `accelerate launch` announces them) the live reference is refused
+    clearly; the cache, built before the model is wrapped, is what works there."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(SafekeelError, match="reference-cache on"):
+        prepare(tiny_config(setup, tmp_path / "live", reference_cache="off"), progress=False)
+    with pytest.raises(SafekeelError, match="use DDP"):
+        prepare(tiny_config(setup, tmp_path / "kl", method="kl", tokens=None), progress=False)
+    from safekeel.training.run import sharded_backend
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "1")
+    assert sharded_backend(object()) == "DeepSpeed"
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert sharded_backend(object()) is None
+
+
 def test_nan_loss_stops_with_a_clear_error(setup, tmp_path):
     prep = prepare(tiny_config(setup, tmp_path, method="sft", tokens=None), progress=False)
     with torch.no_grad():
@@ -179,3 +196,34 @@ def test_de_aligned_counterpart_recipe(setup, tmp_path):
                  str(dealigned), "--responses", str(responses), "--k", "5", "--output", str(out)]) == 0
     art = json.loads(out.read_text())
     assert art["k"] == 5 and art["base_model"]["adapter"] == str(dealigned)
+
+
+@pytest.mark.parametrize("method", ["sft", "pact", "kl"])
+def test_logits_only_from_the_first_answer_column_change_nothing(setup, tmp_path, method):
+    """`logits_to_keep` (no logits for the prompt) gives the loss and gradients of the full-logit path, and
+    the loss equals a hand computation of CE over the answer tokens for sft."""
+    cfg = tiny_config(setup, tmp_path, method=method, max_steps=1, lora_dropout=0.0,
+                      tokens=setup["tokens"] if method == "pact" else None)
+    prep = prepare(cfg, progress=False)
+    trainer, model = prep.trainer, prep.trainer.model
+    batch = prep.collator(prep.examples[:3])
+    assert int(batch["answer_index"][batch["answer_mask"]].min()) > 0  # the trimmed path really trims
+    assert trainer._accepts_logits_to_keep(model)  # the tiny (Llama) model takes logits_to_keep
+    results = []
+    for keep in (True, False):
+        trainer._keep_ok = keep
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((loss.detach(), grads))
+    trainer._sums = {}
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
+    if method == "sft":
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                               ignore_index=-100)
+        torch.testing.assert_close(results[0][0], ce)

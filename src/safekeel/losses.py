@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["answer_positions", "dispersion", "full_vocab_kl", "pact_kl"]
+__all__ = ["answer_positions", "answer_token_terms", "dispersion", "full_vocab_kl", "pact_kl"]
 
 
 def _up(x: Tensor) -> Tensor:
@@ -187,3 +187,43 @@ def full_vocab_kl(ft_logits: Tensor, ref_logits: Tensor, mask: Tensor, temperatu
     log_p_ft = F.log_softmax(_up(ft_logits[mask]) / temperature, -1)  # [N, V]
     log_p_ref = F.log_softmax(_up(ref_logits.detach()[mask]).to(log_p_ft.dtype) / temperature, -1)
     return _kl(log_p_ref, log_p_ft).sum() * temperature**2 / mask.sum().clamp_min(1)
+
+
+class _AnswerTokenTerms(torch.autograd.Function):
+    """Fused CE / safety-token logits / log-sum-exp at the answer positions (see `answer_token_terms`).
+
+    Saves only z and lse [N]: `F.cross_entropy` would also keep its [N, V] log-softmax, and the
+    separate `z[:, ids]` would allocate one more [N, V] zero gradient in the backward."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, targets: Tensor, ids: Tensor | None):
+        lse = torch.logsumexp(z, -1)  # [N]
+        ce = lse - z.gather(1, targets[:, None]).squeeze(1)
+        z_k = z[:, ids] if ids is not None else z.new_zeros(z.shape[0], 0)
+        ctx.save_for_backward(z, lse, targets, ids if ids is not None else targets.new_zeros(0))
+        return ce, z_k, lse
+
+    @staticmethod
+    def backward(ctx, g_ce, g_k, g_lse):
+        z, lse, targets, ids = ctx.saved_tensors
+        # d ce / dz = softmax - onehot(target); d lse / dz = softmax; d z_k / dz = onehot(ids): one buffer.
+        g_ce = g_ce if g_ce is not None else torch.zeros_like(lse)
+        g_soft = g_ce + g_lse if g_lse is not None else g_ce
+        grad = torch.sub(z, lse[:, None]).exp_().mul_(g_soft[:, None])  # [N, V]
+        grad.scatter_add_(1, targets[:, None], -g_ce[:, None])
+        if g_k is not None and ids.numel():
+            grad.index_add_(1, ids, g_k)
+        return grad, None, None
+
+
+def answer_token_terms(z: Tensor, targets: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy, safety-token logits and log-sum-exp of the fine-tuned model in one pass.
+
+    z: [N, V] logits at the N answer positions (float32 or float64); targets: [N] long; ids: [K] long
+    safety token ids, or None. Returns ce [N] (= lse - z[target]), z_k [N, K] (= z[:, ids]; [N, 0]
+    without ids) and lse [N] (full-vocabulary log-sum-exp), all differentiable in z. Same values and
+    gradients as `F.cross_entropy(z, targets, reduction="none")`, `z[:, ids]` and `z.logsumexp(-1)`,
+    with one [N, V] buffer in the backward instead of three (tests/test_losses.py)."""
+    if z.dim() != 2 or targets.shape != z.shape[:1]:
+        raise ValueError(f"z must be [N, V] and targets [N], got {tuple(z.shape)} and {tuple(targets.shape)}")
+    return _AnswerTokenTerms.apply(z, targets.long(), None if ids is None else ids.long())

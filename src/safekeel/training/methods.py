@@ -35,12 +35,13 @@ class StepState:
     """One micro-batch. Answer frame [B, A]: column t = answer position t of each row (collate.py)."""
 
     batch: dict
-    logits: Tensor  # [B, L, V] fine-tuned logits (with graph)
+    logits: Tensor  # [B, L - logits_start, V] fine-tuned logits (with graph) from column logits_start on
     mask: Tensor  # [B, A] bool
     ft_k: Tensor | None  # [B, A, K] fine-tuned logits on S (with graph), None without tokens
     ft_lse: Tensor | None  # [B, A] fine-tuned full-vocabulary log-sum-exp (with graph)
     safety_refs: Callable[[bool], dict] | None  # need_lse -> {"ref_full", "ref_post", "ref_lse"?} [B, A, (K)]
     full_refs: Callable[[], Tensor] | None  # -> reference logits [B, A, V] at the answer positions
+    logits_start: int = 0  # the input column of logits[:, 0]
 
 
 class Method:
@@ -86,7 +87,7 @@ class FullKL(Method):
         o, mask = self.options, step.mask
         from safekeel.training.reference import gather_frame
 
-        ft = gather_frame(step.logits, step.batch["answer_index"])  # [B, A, V]
+        ft = gather_frame(step.logits, (step.batch["answer_index"] - step.logits_start).clamp(min=0))  # [B, A, V]
         ref = step.full_refs()
         kl = full_vocab_kl(ft, ref, mask, temperature=o.temperature)
         n = mask.sum()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -187,6 +188,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
                 log.warning("reference cache would not fit (%s): using the live reference", why)
         if mode == "none":
             mode = "live"
+            _check_live_reference_is_supported(args, method.reference)
             if cfg.lora.full:  # full fine-tuning changes the weights the reference needs: keep a frozen copy
                 frozen = copy.deepcopy(model).requires_grad_(False).eval()
     if not cfg.lora.full:
@@ -208,6 +210,28 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
         processing_class=tok, callbacks=[JsonlLogger(out / "train_log.jsonl")], method=method,
         reference=live, safety_ids=ids)
     return Prepared(trainer, cfg, examples, Collator(pad_id, cache), summary, mode, cache_dir, cache_s)
+
+
+def sharded_backend(args) -> str | None:
+    """"FSDP" or "DeepSpeed" when the run shards the model (TrainingArguments or `accelerate launch`)."""
+    env = os.environ
+    if getattr(args, "fsdp", None) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "FSDP"
+    if getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return "DeepSpeed"
+    return None
+
+
+def _check_live_reference_is_supported(args, kind: str) -> None:
+    """The live reference calls the unwrapped model's layers between steps, which sharded parameters
+    do not allow: under FSDP / DeepSpeed the reference must come from the cache (built before wrapping)."""
+    backend = sharded_backend(args)
+    if backend and kind == "safety":
+        raise SafekeelError(f"under {backend} the reference must come from the cache: use --reference-cache on "
+                            "(the live reference calls the unwrapped model, whose parameters are sharded)")
+    if backend:
+        raise SafekeelError(f"--method kl needs a live full-vocabulary reference, which {backend} does not allow here; "
+                            "use DDP (plain `accelerate launch` / torchrun)")
 
 
 def _self_check(ref, collator, examples, device) -> None:

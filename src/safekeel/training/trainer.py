@@ -7,7 +7,9 @@ progress bar and `report_to` (TensorBoard, ...) behave as in TRL.
 Normalisation: the step's loss is (Σ CE + Σ method term) / (answer tokens of the whole accumulated
 batch on all ranks), which the Trainer passes as `num_items_in_batch`; so one process with batch 2B and
 two processes with batch B give the same loss and gradients. The fine-tuned model's K-logits and
-log-sum-exp come from the same forward's logits (lse = CE + z_target, no second pass over V).
+log-sum-exp come from the same forward's logits, in one fused pass with the CE
+(`losses.answer_token_terms`), and logits are only made from the first answer column on
+(`logits_to_keep`, when the model takes it).
 
 Logged (means since the last log, each also `_harmful` / `_benign` by the rows' `harmful` flag): ce,
 kl, gate_first_n (mean gate on the first N answer positions), safety_mass_ft, safety_mass_ref (total
@@ -22,10 +24,10 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from safekeel.errors import SafekeelError
+from safekeel.losses import answer_token_terms
 from safekeel.training.methods import Method, StepState
 from safekeel.training.reference import gather_frame
 
@@ -44,24 +46,32 @@ class SafekeelTrainer(Trainer):
         # We normalise by `num_items_in_batch` ourselves; this makes the Trainer count it and not rescale.
         self.model_accepts_loss_kwargs = True
         self._sums: dict[str, torch.Tensor] = {}
+        self._keep_ok: bool | None = None
 
     # -- loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask, index, targets = inputs["answer_mask"], inputs["answer_index"], inputs["answer_targets"]
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logits = out.logits  # [B, L, V]
+        extra_args, start = {}, 0
+        if self._accepts_logits_to_keep(model) and bool(mask.any()):
+            # Only columns from the first one that predicts an answer token get logits (right padding:
+            # every answer ends by the last column), so the prompt's [B, P, V] logits are never made.
+            start = int(index[mask].min())
+            extra_args["logits_to_keep"] = inputs["input_ids"].shape[1] - start
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
+                    **extra_args)
+        logits = out.logits  # [B, L - start, V]
         rows, cols = mask.nonzero(as_tuple=True)
-        z = logits[rows, index[rows, cols]].float()  # [N, V] at the answer positions only
-        tgt = targets[rows, cols]
-        ce = F.cross_entropy(z, tgt, reduction="none")  # [N]
+        z = logits[rows, index[rows, cols] - start].float()  # [N, V] at the answer positions only
+        ids = self.safety_ids.to(z.device) if self.safety_ids is not None else None
+        # One fused pass: CE, the K safety logits and the log-sum-exp, one [N, V] buffer in the backward.
+        ce, z_k, lse = answer_token_terms(z, targets[rows, cols], ids)  # [N], [N, K], [N]
         shape = mask.shape
         ce_frame = z.new_zeros(shape).index_put((rows, cols), ce)
         ft_k = ft_lse = None
-        if self.safety_ids is not None:
-            ids = self.safety_ids.to(z.device)
-            ft_k = z.new_zeros(*shape, ids.numel()).index_put((rows, cols), z[:, ids])
-            ft_lse = z.new_zeros(shape).index_put((rows, cols), ce + z.gather(1, tgt[:, None]).squeeze(1))
-        step = StepState(batch=inputs, logits=logits, mask=mask, ft_k=ft_k, ft_lse=ft_lse,
+        if ids is not None:
+            ft_k = z.new_zeros(*shape, ids.numel()).index_put((rows, cols), z_k)
+            ft_lse = z.new_zeros(shape).index_put((rows, cols), lse)
+        step = StepState(batch=inputs, logits=logits, logits_start=start, mask=mask, ft_k=ft_k, ft_lse=ft_lse,
                          safety_refs=lambda need_lse: self._safety_refs(inputs, need_lse),
                          full_refs=lambda: self._full_refs(inputs))
         extra, stats = self.method.loss(step)
@@ -79,6 +89,16 @@ class SafekeelTrainer(Trainer):
                 "use --bf16 rather than --fp16, or check the data")
         self._accumulate(stats, ce_frame.detach(), mask, inputs["harmful"], ft_k, ft_lse)
         return (loss, out) if return_outputs else loss
+
+    def _accepts_logits_to_keep(self, model) -> bool:
+        """Whether the underlying transformers model takes `logits_to_keep` (checked once)."""
+        if self._keep_ok is None:
+            import inspect
+
+            base = self.accelerator.unwrap_model(model)
+            base = base.get_base_model() if hasattr(base, "get_base_model") else base
+            self._keep_ok = "logits_to_keep" in inspect.signature(base.forward).parameters
+        return self._keep_ok
 
     def _safety_refs(self, inputs: dict, need_lse: bool) -> dict:
         if "ref_full" in inputs:  # from the cache, through the collator
