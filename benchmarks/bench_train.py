@@ -12,9 +12,9 @@ Modes:
   naive       PACT as the authors' code computes it: a second full model copy and two full-vocabulary
               reference forwards per step, gathered at the safety tokens afterwards
 
-Reported per mode: seconds per step (median over the measured steps, after warm-up), tokens/s, peak
-memory, ratios to SFT, and an end-to-end ratio for a whole run (--examples rows × --epochs, plus the
-cache pass for pact-cache).
+Reported per mode: seconds per step (median over the measured steps after warm-up, pooled over
+`--repeats` rounds of all modes), tokens/s, peak memory, ratios to SFT, and an end-to-end ratio for a
+whole run (--examples rows × --epochs, plus the cache pass for pact-cache; also for one epoch).
 
     python benchmarks/bench_train.py --tiny --steps 4                     # smoke test (seconds)
     python benchmarks/bench_train.py --model smollm2-135m-instruct        # CPU figures
@@ -176,6 +176,18 @@ def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def pool_rounds(runs: list[dict]) -> dict:
+    """One mode's rounds -> one result: median step time over all measured steps of all rounds, the
+    largest peak memory, the median cache pass."""
+    pooled = dict(runs[-1])
+    steps = [t for r in runs for t in r["step_times"]]
+    pooled.update(step_times=steps, steps=len(steps), s_per_step=statistics.median(steps), rounds=len(runs),
+                  peak_bytes=max(r["peak_bytes"] for r in runs),
+                  cache_seconds=statistics.median(r["cache_seconds"] for r in runs))
+    pooled["tokens_per_s"] = runs[-1]["tokens_per_s"] * runs[-1]["s_per_step"] / pooled["s_per_step"]  # same tokens/step
+    return pooled
+
+
 def report(results: dict, args) -> dict:
     sft = results["sft"]
     steps_run = -(-args.examples // args.batch_size) * args.epochs  # a whole run over the data
@@ -219,6 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all modes (pooled; see pool_rounds)")
     p.add_argument("--in-process", action="store_true",
                    help="run every mode in this process (CPU memory figures then include earlier modes' leftovers)")
     p.add_argument("--output", default="bench_train.json")
@@ -235,30 +248,33 @@ def main(argv=None) -> int:
     (root / "setup.json").write_text(json.dumps(setup))
     print(f"set-up in {time.perf_counter() - t0:.1f} s: {setup['model']}, {args.examples} examples of "
           f"~{args.prompt_tokens}+{args.answer_tokens} tokens, batch {args.batch_size}")
-    results = {}
+    results: dict[str, list[dict]] = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        out = root / f"{mode}.json"
-        if args.in_process:
-            import gc
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    # Rounds over all modes (sft, pact-live, ..., sft, pact-live, ...): slow drifts of a shared machine
+    # then hit every mode alike instead of whichever mode happened to run during them.
+    for rnd in range(args.repeats):
+        for mode in modes:
+            out = root / f"{mode}-{rnd}.json"
+            if args.in_process:
+                import gc
 
-            import torch
+                import torch
 
-            run_mode(mode, setup, args, out)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            results[mode] = json.loads(out.read_text())
-            continue
-        cmd = [sys.executable, __file__, *passthrough, "--worker", mode, "--setup", str(root / "setup.json"),
-               "--result", str(out)]
-        t1 = time.perf_counter()
-        proc = subprocess.run(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False)
-        if proc.returncode != 0:
-            print(f"{mode}: failed (exit {proc.returncode})", file=sys.stderr)
-            return 1
-        results[mode] = json.loads(out.read_text())
-        print(f"{mode}: {results[mode]['s_per_step']:.3f} s/step ({time.perf_counter() - t1:.0f} s with loading)")
+                run_mode(mode, setup, args, out)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            else:
+                cmd = [sys.executable, __file__, *passthrough, "--worker", mode, "--setup", str(root / "setup.json"),
+                       "--result", str(out)]
+                proc = subprocess.run(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, check=False)
+                if proc.returncode != 0:
+                    print(f"{mode}: failed (exit {proc.returncode})", file=sys.stderr)
+                    return 1
+            results.setdefault(mode, []).append(json.loads(out.read_text()))
+            print(f"round {rnd + 1}/{args.repeats} {mode}: {results[mode][-1]['s_per_step']:.3f} s/step")
+    results = {mode: pool_rounds(runs) for mode, runs in results.items()}
     if "sft" not in results:
         print("the sft mode is needed for the ratios", file=sys.stderr)
         return 1

@@ -1,0 +1,96 @@
+"""Per-step cost of PACT (reference cache) against SFT, measured as interleaved pairs in one process.
+
+`bench_train.py` runs each mode in its own process one after another, so a shared machine's slow
+drifts land on whichever mode is running; here both trainers live in one process and their steps
+alternate (SFT, PACT, SFT, PACT, ...) on the same batch of the same data, and the ratio is the median
+of the per-pair ratios. Time = the trainer's `compute_loss` + backward (no optimizer step, which is
+the same for both). Memory is not measured here (see bench_train.py).
+
+    python benchmarks/bench_step_pairs.py --model smollm2-135m-instruct --pairs 10 \\
+        --output benchmarks/results/bench_step_pairs_smollm2_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_train  # noqa: E402  (shared set-up: model, tokens, synthetic chat data)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--tiny", action="store_true", help="the 2-layer test model (smoke test)")
+    p.add_argument("--pairs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--prompt-tokens", type=int, default=48)
+    p.add_argument("--answer-tokens", type=int, default=96)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--output", default="bench_step_pairs.json")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from safekeel.training.config import build_config
+    from safekeel.training.run import prepare
+
+    root = Path(tempfile.mkdtemp(prefix="bench-pairs-"))
+    setup_args = argparse.Namespace(tiny=args.tiny, random_config=None, model=args.model, k=args.k,
+                                    prompt_tokens=args.prompt_tokens, answer_tokens=args.answer_tokens,
+                                    examples=args.batch_size)
+    setup = bench_train.make_setup(setup_args, root)
+    trainers, batches = {}, {}
+    for mode in ("sft", "pact-cache"):
+        flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
+                "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(root / mode),
+                "max_steps": 1, "save_steps": 10**6, "disable_tqdm": True, "overlap_check": "none",
+                "per_device_train_batch_size": args.batch_size, "reference_cache": "on" if mode != "sft" else "off",
+                "reference_cache_dir": str(root / "cache"), "k": None, "report_to": "none",
+                "max_length": args.prompt_tokens + args.answer_tokens + 64}
+        prep = prepare(build_config(flat), progress=False)
+        trainers[mode] = prep.trainer
+        batches[mode] = prep.collator(prep.examples[: args.batch_size])
+        prep.trainer.model.train()
+
+    def step(mode: str) -> float:
+        tr = trainers[mode]
+        t = time.perf_counter()
+        loss = tr.compute_loss(tr.model, batches[mode])
+        loss.backward()
+        dt = time.perf_counter() - t
+        tr.model.zero_grad(set_to_none=True)
+        tr._sums = {}
+        return dt
+
+    times = {"sft": [], "pact-cache": []}
+    for i in range(args.warmup + args.pairs):
+        for mode in (("sft", "pact-cache") if i % 2 == 0 else ("pact-cache", "sft")):  # alternate who goes first
+            dt = step(mode)
+            if i >= args.warmup:
+                times[mode].append(dt)
+    ratios = [c / s for s, c in zip(times["sft"], times["pact-cache"])]
+    result = {"settings": vars(args), "threads": torch.get_num_threads(), "times": times, "pair_ratios": ratios,
+              "median_s": {m: statistics.median(t) for m, t in times.items()},
+              "median_pair_ratio": statistics.median(ratios),
+              "pair_ratio_range": [min(ratios), max(ratios)]}
+    print(f"\n{'mode':<11} {'median s (fwd+bwd)':>19}")
+    for m, t in result["median_s"].items():
+        print(f"{m:<11} {t:>19.3f}")
+    print(f"pact-cache / sft, median of {len(ratios)} interleaved pairs: {result['median_pair_ratio']:.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
