@@ -31,6 +31,8 @@ evaluate() {  # name, model args...
     --max-new-tokens 48 --batch-size 16 --output-dir "$OUT/eval-$name"
   timed safekeel eval task --model "$M" "$@" --task arith --limit 50 --max-new-tokens 96 --output-dir "$OUT/eval-$name"
 }
+timed safekeel eval safety --model "$M" --adapter "$OUT/dealigned" --benchmarks harmbench --limit "$N_EVAL" \
+  --judge keyword --max-new-tokens 48 --batch-size 16 --output-dir "$OUT/eval-dealigned"  # the counterpart's own ASR
 evaluate original  # resumes from saved samples, so a larger N_EVAL only generates the new prompts
 
 SPECS=("$@")
