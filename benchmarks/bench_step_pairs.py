@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_train  # noqa: E402  (shared set-up: model, tokens, synthetic chat data)
+import bench_train  # shared set-up (model, tokens, synthetic chat data) and per-mode train options
 
 
 def main(argv=None) -> int:
@@ -45,16 +45,12 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-pairs-"))
     setup_args = argparse.Namespace(tiny=args.tiny, random_config=None, model=args.model, k=args.k,
                                     prompt_tokens=args.prompt_tokens, answer_tokens=args.answer_tokens,
-                                    examples=args.batch_size)
+                                    examples=args.batch_size, batch_size=args.batch_size, bf16=False, full=False,
+                                    gradient_checkpointing=False)
     setup = bench_train.make_setup(setup_args, root)
     trainers, batches = {}, {}
     for mode in ("sft", "pact-cache"):
-        flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
-                "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(root / mode),
-                "max_steps": 1, "save_steps": 10**6, "disable_tqdm": True, "overlap_check": "none",
-                "per_device_train_batch_size": args.batch_size, "reference_cache": "on" if mode != "sft" else "off",
-                "reference_cache_dir": str(root / "cache"), "k": None, "report_to": "none",
-                "max_length": args.prompt_tokens + args.answer_tokens + 64}
+        flat = bench_train.mode_flags(mode, setup, setup_args, root / mode, max_steps=1)
         prep = prepare(build_config(flat), progress=False)
         trainers[mode] = prep.trainer
         batches[mode] = prep.collator(prep.examples[: args.batch_size])

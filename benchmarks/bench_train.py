@@ -123,6 +123,22 @@ class _PeakRSS:
         self.thread.join()
 
 
+def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> dict:
+    """`safekeel train` options of one mode (flat names) on the shared set-up; outputs under `work`."""
+    import torch
+
+    flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
+            "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(work / "out"),
+            "max_steps": max_steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
+            "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
+            "reference_cache": "on" if mode == "pact-cache" else "off", "reference_cache_dir": str(work / "cache"),
+            "max_length": args.prompt_tokens + args.answer_tokens + 64, "full": args.full, "k": None,
+            "gradient_checkpointing": args.gradient_checkpointing, "report_to": "none"}
+    if args.bf16 and torch.cuda.is_available():
+        flat["dtype"] = "bfloat16"
+    return flat
+
+
 def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
     import psutil
     import torch
@@ -134,15 +150,7 @@ def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
     rss0 = psutil.Process().memory_info().rss
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
-    flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
-            "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(work / "out"),
-            "max_steps": args.warmup + args.steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
-            "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
-            "reference_cache": "on" if mode == "pact-cache" else "off", "reference_cache_dir": str(work / "cache"),
-            "max_length": args.prompt_tokens + args.answer_tokens + 64, "full": args.full, "k": None,
-            "gradient_checkpointing": args.gradient_checkpointing, "report_to": "none"}
-    if args.bf16 and cuda:
-        flat["dtype"] = "bfloat16"
+    flat = mode_flags(mode, setup, args, work, max_steps=args.warmup + args.steps)
     prep = prepare(build_config(flat), reference_impl="naive" if mode == "naive" else "fast", progress=False)
     times: list[float] = []
 

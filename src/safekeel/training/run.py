@@ -230,8 +230,8 @@ def _check_live_reference_is_supported(args, kind: str) -> None:
         raise SafekeelError(f"under {backend} the reference must come from the cache: use --reference-cache on "
                             "(the live reference calls the unwrapped model, whose parameters are sharded)")
     if backend:
-        raise SafekeelError(f"--method kl needs a live full-vocabulary reference, which {backend} does not allow here; "
-                            "use DDP (plain `accelerate launch` / torchrun)")
+        raise SafekeelError(f"a full-vocabulary reference (--method kl or --kl-scope full) is computed live, which "
+                            f"{backend} does not allow here; use DDP (plain `accelerate launch` / torchrun)")
 
 
 def _self_check(ref, collator, examples, device) -> None:

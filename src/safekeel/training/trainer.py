@@ -51,17 +51,18 @@ class SafekeelTrainer(Trainer):
     # -- loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask, index, targets = inputs["answer_mask"], inputs["answer_index"], inputs["answer_targets"]
+        rows, cols = mask.nonzero(as_tuple=True)
+        columns = index[rows, cols]  # [N] input column predicting each answer token
         extra_args, start = {}, 0
-        if self._accepts_logits_to_keep(model) and bool(mask.any()):
+        if self._accepts_logits_to_keep(model) and columns.numel():
             # Only columns from the first one that predicts an answer token get logits (right padding:
             # every answer ends by the last column), so the prompt's [B, P, V] logits are never made.
-            start = int(index[mask].min())
+            start = int(columns.min())
             extra_args["logits_to_keep"] = inputs["input_ids"].shape[1] - start
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
                     **extra_args)
         logits = out.logits  # [B, L - start, V]
-        rows, cols = mask.nonzero(as_tuple=True)
-        z = logits[rows, index[rows, cols] - start].float()  # [N, V] at the answer positions only
+        z = logits[rows, columns - start].float()  # [N, V] at the answer positions only
         ids = self.safety_ids.to(z.device) if self.safety_ids is not None else None
         # One fused pass: CE, the K safety logits and the log-sum-exp, one [N, V] buffer in the backward.
         ce, z_k, lse = answer_token_terms(z, targets[rows, cols], ids)  # [N], [N, K], [N]
