@@ -332,6 +332,7 @@ def test_cli_end_to_end_on_tiny_model(tiny_dirs, prompts_file, tmp_path, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_cli_on_packaged_smollm2(tmp_path, capsys):
     """SmolLM2 is not safety-aligned: on HarmBench its answers are mostly judged non-refusals."""
     out = tmp_path / "smol"

@@ -83,6 +83,7 @@ def test_hf_generator_wraps_generate(model_and_texts, tokenizer, one_at_a_time):
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_batched_equals_one_at_a_time_on_packaged_smollm2():
     """The same check on the real packaged SmolLM2 (GGUF Q4_1 dequantised to fp32 on the CPU)."""
     from safekeel.models.loader import load_model

@@ -7,7 +7,7 @@ import torch
 
 from safekeel.cli.main import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
 def test_gguf_and_converted_copy_agree():

