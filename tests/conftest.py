@@ -38,7 +38,7 @@ def private_cache(tmp_path_factory):
             os.environ[key] = value
 
 
-from safekeel.models import packaged as _packaged  # noqa: E402 - after the offline variables are set
+from safekeel.models import packaged as _packaged
 
 REAL_DOWNLOAD_WHEEL = _packaged.download_wheel
 
@@ -112,8 +112,7 @@ def expect_usage_error(capsys, tmp_path, private_cache):
         roots = [tmp_path, private_cache, *watch]
         before = [snapshot(r) for r in roots]
         code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        err = err.strip()
+        err = capsys.readouterr().err.strip()
         assert code == 2, f"exit {code}, stderr: {err!r}"
         assert "Traceback" not in err and len(err.splitlines()) == 1, f"not one line: {err!r}"
         assert message in err, f"{message!r} not in {err!r}"

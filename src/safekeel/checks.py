@@ -125,7 +125,7 @@ def adapter_dir(path: str | None, flag: str = "--adapter") -> str | None:
 
 def prompt_spec(spec: str | None, flag: str = "--prompts") -> str:
     """A prompt-set argument (see `safekeel.data.prompts`) checked without fetching anything."""
-    from safekeel.data.prompts import PACKAGED_SETS, _FILE_SUFFIXES
+    from safekeel.data.prompts import _FILE_SUFFIXES, PACKAGED_SETS
 
     if spec is None or not str(spec).strip():
         raise SafekeelError(f"{flag} is empty")

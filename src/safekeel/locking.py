@@ -82,7 +82,7 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - non-POSIX: decide by pid
             fcntl = None
-        fh = open(self.path, "a+", encoding="utf-8")
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
         if fcntl is not None:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,7 +119,7 @@ class RunLock:
             self._fh.close()  # closing drops the flock
             self._fh = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
