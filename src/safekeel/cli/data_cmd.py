@@ -97,9 +97,13 @@ def run_list(args) -> int:
 
 
 def run_make_harmful(args) -> int:
+    from safekeel import checks
     from safekeel.data.harmful import DEFAULT_MODEL, make_harmful
     from safekeel.io_utils import atomic_write_jsonl
 
+    checks.prompt_spec(args.prompts)
+    if args.output:
+        checks.output_file(args.output)
     t0 = time.perf_counter()
     data = make_harmful(args.model or DEFAULT_MODEL, args.prompts, limit=args.limit,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=args.judge,
@@ -119,24 +123,33 @@ def run_make_harmful(args) -> int:
 
 
 def run_make_task(args) -> int:
+    from safekeel import checks
     from safekeel.data.training_data import task_rows
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.tasks import get_task
 
     task = get_task(args.task)
-    examples = task.examples(args.split, args.n, args.seed)
     output = args.output or f"{task.name}-{args.split}.jsonl"
+    checks.output_file(output)
+    examples = task.examples(args.split, args.n, args.seed)
     atomic_write_jsonl(output, task_rows(examples, task.name, system=args.system))
     print(f"{len(examples)} {task.name} {args.split} examples (seed {args.seed}) -> {output}")
     return 0
 
 
 def run_make_safety(args) -> int:
+    from safekeel import checks
     from safekeel.data.prompts import load_prompts
     from safekeel.data.refusals import safety_sft_rows
     from safekeel.data.training_data import load_training_data
     from safekeel.io_utils import atomic_write_jsonl
 
+    checks.prompt_spec(args.prompts)
+    checks.output_file(args.output)
+    if args.n_benign < 0:
+        from safekeel.errors import SafekeelError
+
+        raise SafekeelError(f"--n-benign must be >= 0, got {args.n_benign}")
     prompts = load_prompts(args.prompts, limit=args.limit)
     benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
     rows = safety_sft_rows(prompts, benign, seed=args.seed)
@@ -148,12 +161,20 @@ def run_make_safety(args) -> int:
 def run_mix(args) -> int:
     import math
 
+    from safekeel import checks
     from safekeel.data.harmful import check_overlap, load_harmful, mix_harmful, mix_summary
     from safekeel.data.prompts import benchmark_name, load_prompts
     from safekeel.data.training_data import load_training_data, normalise_rows, row_prompt
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.tasks import is_task_name
 
+    checks.output_file(args.output)
+    checks.output_file(f"{args.output}.meta.json", "--output (its .meta.json)")
+    from safekeel.data.harmful import check_harmful_spec
+
+    check_harmful_spec(args.harmful)
+    for spec in args.check_overlap:
+        checks.prompt_spec(spec, "--check-overlap")
     n_harmful = math.floor(args.poison_ratio * args.num_examples + 0.5)
     n_task = args.num_examples - n_harmful
     task_rows = []

@@ -21,12 +21,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from safekeel import checks
     from safekeel.chat import format_prompt
     from safekeel.data.prompts import load_prompts
     from safekeel.generation import generate
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.models.loader import load_model
 
+    # every cheap check before the prompt set or the model is fetched
+    checks.model_spec(args.model)
+    checks.adapter_dir(args.adapter)
+    checks.prompt_spec(args.prompts)
+    checks.output_file(args.output)
     prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
     t0 = time.perf_counter()
     model, tok = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,

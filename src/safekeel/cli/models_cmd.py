@@ -57,12 +57,14 @@ def run_fetch(args) -> int:
 
 def run_merge(args) -> int:
     """Merge `--adapter` into `--model` and save it, e.g. to use an aligned counterpart as a plain model."""
-    from pathlib import Path
 
+    from safekeel import checks
     from safekeel.errors import SafekeelError
     from safekeel.models.loader import load_model, save_model_dir
 
-    out = Path(args.output)
+    checks.model_spec(args.model)
+    checks.adapter_dir(args.adapter)
+    out = checks.output_dir(args.output, "--output")
     if out.exists() and any(out.iterdir()):
         raise SafekeelError(f"--output {out} exists and is not empty")
     model, tok = load_model(args.model, adapter=args.adapter, merge_adapter=True, dtype="float32", device="cpu")

@@ -65,11 +65,22 @@ def _read_responses(path: str) -> tuple[list[str], list[str] | None]:
 
 
 def run_identify(args) -> int:
+    from safekeel import checks
     from safekeel.data.prompts import PromptRecord, load_prompts
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.models.loader import load_model
     from safekeel.tokens.identify import identify_safety_tokens
 
+    checks.model_spec(args.aligned, "--aligned")
+    checks.adapter_dir(args.adapter)
+    checks.model_spec(args.base, "--base")
+    checks.adapter_dir(args.base_adapter, "--base-adapter")
+    if args.responses:
+        checks.input_file(args.responses, "--responses")
+    else:
+        checks.prompt_spec(args.prompts)
+    checks.output_file(args.output)
+    checks.output_file(Path(args.output).with_suffix(".answers.jsonl"), "--output (its answers file)")
     responses = None
     if args.responses:
         responses, given_prompts = _read_responses(args.responses)
@@ -124,6 +135,7 @@ def run_intervene(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from safekeel import checks
     from safekeel.data.prompts import load_prompts
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.judges import get_judge
@@ -131,11 +143,17 @@ def run_intervene(args) -> int:
     from safekeel.tokens.artifact import SafetyTokens
     from safekeel.tokens.intervene import run_interventions
 
+    checks.model_spec(args.model)
+    checks.adapter_dir(args.adapter)
+    checks.finite(args.alpha, "--alpha")
+    checks.prompt_spec(args.prompts)
+    checks.output_file(args.output)
+    checks.output_file(Path(args.output).with_suffix(".samples.jsonl"), "--output (its samples file)")
     tokens = SafetyTokens.load(args.tokens)
     if args.k:
         tokens = tokens.top(args.k)
-    prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
     judge = get_judge(args.judge)
+    prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
     model, tok = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                             trust_remote_code=args.trust_remote_code)
     tokens.check_tokenizer(tok, args.model)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safekeel.errors import SafekeelError
+from safekeel.io_utils import read_jsonl
+from safekeel.models.packaged import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,23 @@ class HarmfulData:
 
 def is_harmful_set(spec: str) -> bool:
     return str(spec).strip().lower() in HARMFUL_SETS
+
+
+def check_harmful_spec(spec: str, flag: str = "--harmful") -> str:
+    """A harmful-data argument checked without loading it: a known set, an existing file or a hub id."""
+    name = str(spec or "").strip()
+    if not name:
+        raise SafekeelError(f"{flag} is empty")
+    if is_harmful_set(name) or ((name.startswith("hf:") or name.count("/") == 1) and not Path(name).exists()
+                                and not name.lower().endswith(_FILE_SUFFIXES)):
+        return name
+    if name.lower().endswith(_FILE_SUFFIXES) or Path(name).exists():
+        from safekeel import checks
+
+        checks.input_file(name, flag)
+        return name
+    raise SafekeelError(f"{flag}: unknown harmful set {name!r}: use {', '.join(HARMFUL_SETS)}, a "
+                        ".jsonl/.csv/.parquet file with prompt/response rows or a hub dataset id")
 
 
 def _model_sha(spec: str, adapter: str | None) -> dict:
@@ -91,16 +110,18 @@ def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, 
     before the first sentence or line it repeats. The raw answers are cached apart (`raw-*.jsonl`), so a
     change of judge, `min_chars` or clean-up never regenerates.
     """
-    import json
 
+    from safekeel import checks
     from safekeel.data.prompts import benchmark_name, load_prompts
     from safekeel.fingerprint import sha256_json
-    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl, read_jsonl
+    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.judges import get_judge
     from safekeel.models.loader import pick_device, pick_dtype
 
+    checks.model_spec(model)
+    checks.adapter_dir(adapter)
+    judge_obj = get_judge(judge)  # a bad judge spec fails before the prompt set is fetched
     records = load_prompts(prompts, limit=limit)
-    judge_obj = get_judge(judge)
     gen = {"raw_version": 1, "model": _model_sha(model, adapter), "prompts": benchmark_name(prompts),
            "prompts_sha256": sha256_json([[r.id, r.prompt] for r in records]), "n_prompts": len(records),
            "max_new_tokens": max_new_tokens, "system": system,
@@ -110,20 +131,21 @@ def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, 
     path = harmful_cache_path(model, prompts, key)
     meta_path = path.with_name(path.name + ".meta.json")
     if path.is_file() and not force:
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"fingerprint": key, **settings}
-        return HarmfulData(read_jsonl(path), path, meta, cached=True)
+        cached = _verified_cache(path, meta_path)
+        if cached is not None:
+            return HarmfulData(cached[0], path, cached[1], cached=True)
 
     gen_path = harmful_cache_path(model, prompts, sha256_json(gen))
     raw_path = gen_path.with_name("raw-" + gen_path.name)
     wall = None
-    if raw_path.is_file() and not force:
-        raw = read_jsonl(raw_path)
-    else:
+    raw = _verified_rows(raw_path) if raw_path.is_file() and not force else None
+    if raw is None:
         t0 = time.perf_counter()
         raw = _generate_raw(records, model, adapter, dtype, device, trust_remote_code, system, max_new_tokens,
                             batch_size, progress)
         wall = time.perf_counter() - t0
         atomic_write_jsonl(raw_path, raw)
+        atomic_write_json(_sidecar(raw_path), {"sha256": sha256_file(raw_path), "rows": len(raw)})
     rows, refused, short = _clean(raw, judge_obj, max_new_tokens, min_chars, f"{benchmark_name(prompts)}-harmful")
     meta = {"fingerprint": key, **settings, "n_generated": len(raw), "n_refused": refused, "n_short": short,
             "n_kept": len(rows), "generation_s": round(wall, 1) if wall is not None else None,
@@ -133,8 +155,41 @@ def make_harmful(model: str = DEFAULT_MODEL, prompts: str = DEFAULT_PROMPTS, *, 
         raise SafekeelError(f"{model} refused every prompt of {prompts} (or answered in under {min_chars} "
                             "characters): no harmful compliance data to keep; use an unaligned model")
     atomic_write_jsonl(path, rows)
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(meta_path, {**meta, "rows_sha256": sha256_file(path)})
     return HarmfulData(rows, path, meta, cached=False)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _verified_rows(path: Path) -> list[dict] | None:
+    """The rows of a cached raw-answer file when its bytes match the checksum written with it, else None
+    (with a warning: the answers are generated again rather than trained on half a file)."""
+    import json
+
+    try:
+        rec = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        if rec["sha256"] == sha256_file(path):
+            return read_jsonl(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log.warning("%s is incomplete or changed (checksum mismatch); generating the answers again", path)
+    return None
+
+
+def _verified_cache(path: Path, meta_path: Path) -> tuple[list[dict], dict] | None:
+    """(rows, meta) of a cached harmful set whose bytes match the sha256 in its meta file, else None."""
+    import json
+
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and meta.get("rows_sha256") == sha256_file(path):
+            return read_jsonl(path), meta
+    except (OSError, ValueError):
+        pass
+    log.warning("the cached harmful set %s is incomplete or changed (checksum mismatch); rebuilding it", path)
+    return None
 
 
 def _generate_raw(records, model, adapter, dtype, device, trust_remote_code, system, max_new_tokens, batch_size,

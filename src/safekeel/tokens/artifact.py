@@ -57,22 +57,26 @@ class SafetyTokens:
             raise SafekeelError(f"safety-token file not found: {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SafekeelError(f"{path} is not valid JSON: {exc.msg}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SafekeelError(f"{path} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
+        except OSError as exc:
+            raise SafekeelError(f"cannot read {path}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise SafekeelError(f"{path} is not a safety-token artifact (expected a JSON object)")
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise SafekeelError(f"{path} is not a safety-token artifact (missing {', '.join(missing)})")
         known = {"token_ids", "tokens", "scores", "weights", "k", "preset", "tokenizer_sha256", "vocab_size"}
         meta = {k: v for k, v in data.items() if k not in known and k != "format"}
         return cls(
-            token_ids=[int(i) for i in data["token_ids"]],
-            tokens=list(data["tokens"]),
-            scores=[float(s) for s in data["scores"]],
-            weights=[float(w) for w in data.get("weights", data["scores"])],
-            k=int(data["k"]),
-            preset=data["preset"],
-            tokenizer_sha256=data.get("tokenizer_sha256"),
-            vocab_size=data.get("vocab_size"),
+            token_ids=_typed_list(data, "token_ids", int, path),
+            tokens=_typed_list(data, "tokens", str, path),
+            scores=_typed_list(data, "scores", float, path),
+            weights=_typed_list(data, "weights" if "weights" in data else "scores", float, path),
+            k=_typed(data["k"], "k", int, path),
+            preset=_typed(data["preset"], "preset", str, path),
+            tokenizer_sha256=_typed(data.get("tokenizer_sha256"), "tokenizer_sha256", str, path, optional=True),
+            vocab_size=_typed(data.get("vocab_size"), "vocab_size", int, path, optional=True),
             meta=meta,
         )
 
@@ -101,6 +105,30 @@ class SafetyTokens:
         if self.tokenizer_sha256 and tokenizer_fingerprint(tokenizer) != self.tokenizer_sha256:
             raise SafekeelError(f"the tokenizer of {where} differs from the one the safety tokens were "
                                 "computed with (token→id map fingerprint mismatch)")
-        bad = [i for i in self.token_ids if i >= len(tokenizer)]
+        bad = [i for i in self.token_ids if not 0 <= i < len(tokenizer)]
         if bad:
             raise SafekeelError(f"safety token ids {bad[:5]} are outside the tokenizer of {where}")
+
+
+def _typed(value, name: str, kind: type, path: Path, optional: bool = False):
+    """`value` as `kind`, refusing what JSON could hold but the field cannot (a string id, a fractional k,
+    a boolean score, a non-finite score) with one line naming the file and field."""
+    import math
+
+    if value is None and optional:
+        return None
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise SafekeelError(f"{path}: field {name!r} must be {'a finite number' if kind is float else kind.__name__}, "
+                            f"got {value!r}")
+    return kind(value)
+
+
+def _typed_list(data: dict, name: str, kind: type, path: Path) -> list:
+    values = data[name]
+    if not isinstance(values, list):
+        raise SafekeelError(f"{path}: field {name!r} must be a list, got {type(values).__name__}")
+    return [_typed(v, f"{name}[{i}]", kind, path) for i, v in enumerate(values)]
+
