@@ -2,7 +2,8 @@
 
 Each case is (argv, the message the one line must hold). Paths are written with placeholders that
 `_argv` fills in: MODEL (a valid tiny model dir), TMP (the test's directory), FILE (an existing plain
-file), TOKENS (a valid safety-token file), BADTOK (a malformed one). The `expect_usage_error` fixture
+file), TOKENS (a valid safety-token file), BADTOK:name (a malformed one), ROWS:name (a malformed
+prompt file). The `expect_usage_error` fixture
 (conftest) asserts exit 2, exactly one stderr line holding the message, no traceback, and no change on
 disk in the test's directory or the private cache, which also shows that nothing was downloaded:
 every packaged name below would need a download, and the conftest fails any attempt.
@@ -30,6 +31,14 @@ GENERATE = [
     (["generate", "--model", "MODEL", "--prompts", "harmbench", "--max-new-tokens", "x"], "expected a positive"),
     (["generate", "--model", "MODEL", "--prompts", "harmbench", "--dtype", "int3"], "invalid choice"),
     (["generate", "--prompts", "harmbench"], "required"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:not-objects.jsonl"], "row 1 is not an object"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:torn.jsonl"], "not valid JSON"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:binary.csv"], "could not read"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:garbage.parquet"], "could not read"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:scalar.json"], "expected a JSON list of rows"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:int-prompt.jsonl"], "'prompt' must be text"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:no-field.jsonl"], "has no 'prompt' field"),
+    (["generate", "--model", "MODEL", "--prompts", "ROWS:empty.jsonl"], "is empty"),
     (["generate", "--model", "MODEL", "--prompts", "harmbench", "--no-such-flag"], "unrecognized arguments"),
 ]
 
@@ -90,6 +99,17 @@ MODELS = [
     (["nosuch"], "invalid choice"),
 ]
 
+BAD_ROWS = {
+    "not-objects.jsonl": b'[1, 2]\n"text"\n',
+    "torn.jsonl": b'{"prompt": "a"}\n{"prompt": "b',
+    "binary.csv": b"\xff\xfe\x00prompt\n",
+    "garbage.parquet": b"garbage",
+    "scalar.json": b'{"data": 5}',
+    "int-prompt.jsonl": b'{"prompt": 5}\n',
+    "no-field.jsonl": b'{"text": "hi"}\n',
+    "empty.jsonl": b"\n",
+}
+
 BAD_TOKENS = {
     "not-json": "{\"token_ids\": [1, 2",
     "list": [1, 2, 3],
@@ -117,6 +137,10 @@ def _argv(argv: list[str], tmp_path, tiny_dirs) -> list[str]:
             content = BAD_TOKENS[a.split(":", 1)[1]]
             path = tmp_path / f"bad-{a.split(':', 1)[1]}.json"
             path.write_text(content if isinstance(content, str) else json.dumps(content))
+            a = str(path)
+        elif a.startswith("ROWS:"):
+            path = tmp_path / a.split(":", 1)[1]
+            path.write_bytes(BAD_ROWS[path.name])
             a = str(path)
         out.append(a.replace("MODEL", str(tiny_dirs["aligned"])).replace("TOKENS", str(good))
                    .replace("FILE", str(plain)).replace("TMP", str(tmp_path)))

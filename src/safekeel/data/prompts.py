@@ -124,13 +124,21 @@ def read_rows(path: Path) -> list[dict]:
             return rows
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else data.get("data", data.get("rows", []))
+            rows = data.get("data", data.get("rows")) if isinstance(data, dict) else data
+            if not isinstance(rows, list):
+                raise SafekeelError(f"{path}: expected a JSON list of rows (or an object with a `data` or `rows` "
+                                    "list)")
+            return rows
         if suffix == ".csv":
             return _read_csv(path)
         if suffix == ".parquet":
+            import pyarrow
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except pyarrow.ArrowException as exc:
+                raise SafekeelError(f"could not read {path}: {str(exc).splitlines()[0]}") from None
     except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, OSError) as exc:
         raise SafekeelError(f"could not read {path}: {exc}") from None
     raise SafekeelError(f"unsupported file type {suffix!r} for {path}; use .jsonl, .json, .csv or .parquet")
@@ -146,9 +154,12 @@ def _records_from_rows(rows: list[dict], prompt_field: str, source: str) -> list
             raise SafekeelError(f"{source}: row {i + 1} has no {prompt_field!r} field (fields: {fields}); "
                                 "choose one with --prompt-field")
         prompt = row[prompt_field]
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise SafekeelError(f"{source}: row {i + 1}: {prompt_field!r} must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
             raise SafekeelError(f"{source}: row {i + 1} has an empty {prompt_field!r}")
-        rid = str(row.get("id", f"{Path(source).stem}-{i}"))
+        rid = row.get("id")
+        rid = f"{Path(source).stem}-{i}" if rid is None or str(rid).strip() == "" else str(rid)
         out.append(PromptRecord(rid, prompt, str(row.get("category") or "uncategorized"), source,
                                 {k: v for k, v in row.items() if k not in (prompt_field, "id", "category")}))
     return out
