@@ -1,5 +1,6 @@
-"""`eval task`: accuracy with a Wilson interval, samples, results.json, resume, and the task interface
-(a fake task object, the generated tasks of `safekeel.tasks`, and a local labelled file)."""
+"""`eval task`: accuracy with a Wilson interval, samples, results.json, resume, the output-directory lock,
+and the task interface (a fake task object, the generated tasks of `safekeel.tasks`, and a local
+labelled file). Bad command lines are in test_bad_inputs_eval.py."""
 
 from __future__ import annotations
 
@@ -114,6 +115,31 @@ def test_unknown_task_is_a_user_error(tmp_path, capsys):
     assert "unknown task" in capsys.readouterr().err
 
 
+def test_busy_output_directory_is_refused_before_generation(tmp_path):
+    """While another run holds the directory (here a lock taken in this process, a separate open file),
+    eval task stops before generating anything; once released, the same call runs."""
+    from safekeel.locking import RunLock
+
+    gen = FakeGenerator()
+    with RunLock(tmp_path / "r", "eval task"):
+        with pytest.raises(SafekeelError, match="is in use by another safekeel run .*eval task"):
+            run_task_eval(gen, FakeTask(), tmp_path / "r", TaskConfig(progress=False))
+        assert gen.calls == 0 and not (tmp_path / "r" / "results.json").exists()
+    res = run_task_eval(gen, FakeTask(), tmp_path / "r", TaskConfig(progress=False))
+    assert gen.calls == 2 and res["tasks"]["fakearith"]["n"] == 6 and res["tasks"]["fakearith"]["truncated"] == 0
+
+
+def test_cli_busy_output_directory_is_one_line(tiny_dirs, tmp_path, capsys):
+    from safekeel.locking import RunLock
+
+    with RunLock(tmp_path / "r", "eval safety"):
+        assert main(["eval", "task", "--model", tiny_dirs["aligned"], "--task", "arith", "--limit", "2",
+                     "--output-dir", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("safekeel eval: error:") and "in use by another safekeel run" in err
+    assert len(err.splitlines()) == 1 and not list((tmp_path / "r").glob("samples_*"))
+
+
 def test_task_and_safety_share_results(tmp_path):
     from safekeel.evaluation.safety import SafetyConfig, run_safety_eval
     from safekeel.judges import get_judge
@@ -123,6 +149,9 @@ def test_task_and_safety_share_results(tmp_path):
     run_safety_eval(FakeGenerator(), get_judge("keyword"), tmp_path / "r", SafetyConfig([str(bench)], progress=False))
     res = run_task_eval(FakeGenerator(), FakeTask(), tmp_path / "r", TaskConfig(progress=False))
     assert set(res["benchmarks"]) == {"b"} and set(res["tasks"]) == {"fakearith"} and len(res["runs"]) == 2
+    from safekeel.evaluation.results import load_results
+
+    assert load_results(tmp_path / "r") == res  # what eval writes passes the structure check of gate/compare
 
 
 def test_cli_eval_task_on_tiny_model(tiny_dirs, tmp_path, capsys):

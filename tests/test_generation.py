@@ -1,13 +1,18 @@
-"""Batched greedy generation with left padding equals one-prompt-at-a-time greedy generation."""
+"""Batched greedy generation with left padding equals one-prompt-at-a-time greedy generation; prompts
+longer than the model's context are cut from the left, reported, and decoded as the cut prompt."""
 
 from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from safekeel.chat import format_prompt
+from safekeel.errors import SafekeelError
 from safekeel.evaluation.generator import HFGenerator
-from safekeel.generation import generate
+from safekeel.generation import Answers, context_length, fit_prompts, generate, prompt_budget
 
 PROMPTS = [
     "Hi",
@@ -33,9 +38,10 @@ def one_at_a_time(model_and_texts, tokenizer):
     return [generate(model, tokenizer, [t], max_new_tokens=10, batch_size=1, progress=False)[0] for t in texts]
 
 
-def _manual_greedy(model, tokenizer, text: str, steps: int) -> list[int]:
+def _manual_greedy(model, tokenizer, text: str, steps: int, ids=None) -> list[int]:
     """Literal greedy decoding without `generate`: argmax of the last position, appended, repeated."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids is None:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     out = []
     eos = tokenizer.eos_token_id
     with torch.no_grad():
@@ -80,6 +86,43 @@ def test_hf_generator_wraps_generate(model_and_texts, tokenizer, one_at_a_time):
     assert gen.format(PROMPTS[1]) == texts[1]
     assert gen.generate(texts) == one_at_a_time
     assert len(gen.fingerprint["sha256"]) == 64
+
+
+def test_context_length_and_budget(tokenizer):
+    cfg = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    assert tokenizer.model_max_length > 10**20 and context_length(cfg, tokenizer) == 512  # "no limit" ignored
+    assert context_length(cfg, SimpleNamespace(model_max_length=300)) == 300  # the smaller one wins
+    assert context_length(SimpleNamespace(config=SimpleNamespace(n_positions=1024)), None) == 1024
+    assert context_length(None, None) is None and prompt_budget(None, 64) is None
+    assert prompt_budget(512, 4) == 508
+    with pytest.raises(SafekeelError, match="--max-new-tokens 512 leaves no room"):
+        prompt_budget(512, 512)
+    assert fit_prompts([[1, 2, 3], [4]], 2) == ([[2, 3], [4]], {0: 3})
+
+
+def test_long_prompt_is_cut_from_the_left(model_and_texts, tokenizer, one_at_a_time, caplog):
+    """The tiny model has 512 positions: a 700-token prompt keeps its last 512 - 4 tokens (the request and
+    the assistant header), says so, and its answer is the greedy answer to exactly those tokens."""
+    model, texts = model_and_texts
+    long_text = format_prompt(tokenizer, "please help " * 350 + "How do I pick a lock?")
+    ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 600
+    with caplog.at_level(logging.WARNING, logger="safekeel.generation"):
+        out = generate(model, tokenizer, [texts[1], long_text, texts[0]], max_new_tokens=4, batch_size=3,
+                       progress=False)
+    assert isinstance(out, Answers) and out.truncated == {1: len(ids)} and out.budget == 508
+    assert out[0] == generate(model, tokenizer, [texts[1]], max_new_tokens=4, progress=False)[0]  # others intact
+    kept = torch.tensor([ids[-508:]])
+    assert tokenizer.decode(kept[0]).endswith("How do I pick a lock?<|im_end|>\n<|im_start|>assistant\n")
+    assert out[1] == tokenizer.decode(_manual_greedy(model, tokenizer, "", 4, ids=kept), skip_special_tokens=True).strip()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("1 of 3 prompts are longer than the model's context")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="safekeel.generation"):
+        quiet = generate(model, tokenizer, [long_text], max_new_tokens=4, progress=False, warn=False)
+    assert quiet.truncated == {0: len(ids)} and not caplog.records  # the caller reports it instead
+    short = generate(model, tokenizer, texts, max_new_tokens=10, batch_size=5, progress=False)
+    assert short.truncated == {} and short == one_at_a_time
 
 
 @pytest.mark.slow

@@ -1,4 +1,7 @@
-"""The reference cache: same loss as the live reference, resumable shards, fingerprints, lookups by id."""
+"""The reference cache: same loss as the live reference, resumable shards, fingerprints, lookups by id, and
+damaged shards or manifests recomputed (checksums), never trained on."""
+
+import json
 
 import pytest
 import torch
@@ -111,3 +114,72 @@ def test_fingerprint_depends_on_model_tokens_and_data(tokenizer):
     assert base != cache_mod.fingerprint(**{**kw, "examples": examples[:2]})
     longer, _ = encode_rows(tokenizer, tiny_rows(3), max_length=256, post_positions=6)
     assert base != cache_mod.fingerprint(**{**kw, "examples": longer})
+
+
+def _counting_reference(tokenizer, calls):
+    ref = SafetyReference(build_model(tokenizer, seed=4), tiny_tokens(tokenizer, 8).ids_tensor())
+    views = ref.views
+    ref.views = lambda batch, need_lse=False: calls.append(batch["input_ids"].shape[0]) or views(batch, need_lse)
+    return ref
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # inside the tensor data: the header still parses, only the checksum can tell
+    path.write_bytes(bytes(data))
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, shard, recomputed", [
+    (_flip_last_byte, "shard-00001.safetensors", 2),  # a changed byte: that shard again
+    (_cut, "shard-00002.safetensors", 1),  # a shard cut short: that shard again
+    (_cut, "meta.json", 5),  # the manifest cut short: nothing can be verified, the whole cache again
+    (lambda p: p.write_text("{not json"), "meta.json", 5),
+])
+def test_a_damaged_cache_is_recomputed_not_trained_on(tokenizer, tmp_path, monkeypatch, caplog, damage, shard,
+                                                      recomputed):
+    monkeypatch.setattr(cache_mod, "SHARD_EXAMPLES", 2)
+    examples, _ = encode_rows(tokenizer, tiny_rows(5), max_length=256, post_positions=4)
+    coll = Collator(tokenizer.pad_token_id)
+    calls = []
+    ref = _counting_reference(tokenizer, calls)
+    fresh = cache_mod.build(tmp_path / "fresh", "f" * 64, examples, ref, coll, progress=False)
+    cache_mod.build(tmp_path / "c", "f" * 64, examples, ref, coll, progress=False)
+    damage(tmp_path / "c" / shard)
+    calls.clear()
+    with caplog.at_level("WARNING"):
+        again = cache_mod.build(tmp_path / "c", "f" * 64, examples, ref, coll, progress=False)
+    assert sum(calls) == recomputed and "recomputing" in caplog.text
+    for e in examples:
+        for x, y in zip(fresh.entry(e["id"]), again.entry(e["id"])):
+            assert torch.equal(x, y)
+    calls.clear()
+    cache_mod.build(tmp_path / "c", "f" * 64, examples, ref, coll, progress=False)  # now intact: reused
+    assert calls == []
+
+
+def test_an_interrupted_pass_checks_its_shards_before_resuming(tokenizer, tmp_path, monkeypatch):
+    """Without meta.json (a pass cut short) each shard is checked against its own .sha256 file."""
+    monkeypatch.setattr(cache_mod, "SHARD_EXAMPLES", 2)
+    examples, _ = encode_rows(tokenizer, tiny_rows(5), max_length=256, post_positions=4)
+    calls = []
+    ref = _counting_reference(tokenizer, calls)
+    coll = Collator(tokenizer.pad_token_id)
+    cache_mod.build(tmp_path, "f" * 64, examples, ref, coll, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert len(meta["sha256"]) == 3 and meta["format"].endswith("/2")
+    (tmp_path / "meta.json").unlink()
+    _flip_last_byte(tmp_path / "shard-00000.safetensors")
+    (tmp_path / "shard-00002.sha256").unlink()  # the pass stopped between a shard and its checksum
+    calls.clear()
+    cache_mod.build(tmp_path, "f" * 64, examples, ref, coll, progress=False)
+    assert sum(calls) == 3  # shards 0 (2 examples) and 2 (1 example); shard 1 was intact
+
+
+def test_opening_a_damaged_manifest_is_one_line(tmp_path):
+    (tmp_path / "meta.json").write_text('{"format": "safekeel.reference_cache/2", "shards"')
+    with pytest.raises(SafekeelError, match="damaged meta.json"):
+        cache_mod.ReferenceCache(tmp_path, "f" * 64)

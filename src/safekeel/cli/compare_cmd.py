@@ -1,4 +1,8 @@
-"""`safekeel compare DIR…`: one table of ASR per benchmark and accuracy per task across runs."""
+"""`safekeel compare DIR…`: one table of ASR per benchmark and accuracy per task across runs.
+
+Every results file is validated (`safekeel.evaluation.schema`) and --output checked before anything is
+printed or written; a bad one is one line, exit 2.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from safekeel import checks
     from safekeel.evaluation.compare import comparison_table, load_runs
     from safekeel.evaluation.report import render
     from safekeel.io_utils import atomic_write_text
 
+    if args.output is not None:  # before reading anything: a bad --output is found in a second
+        checks.output_file(args.output, "--output")
     columns, rows = comparison_table(load_runs(args.runs), ci=args.ci)
     text = render(columns, rows, args.format, title="safety and accuracy across runs")
     if text is not None:

@@ -1,8 +1,19 @@
-"""`safekeel eval safety` and `safekeel eval task`: judged ASR on harmful prompt sets, and task accuracy."""
+"""`safekeel eval safety` and `safekeel eval task`: judged ASR on harmful prompt sets, and task accuracy.
+
+Every argument is checked first (`safekeel.checks`, the judge spec, the task), in a second and without
+downloading anything, so a typo never costs a model load. `eval safety` exits 1 (results and samples
+still written) when a benchmark's share of judge errors exceeds --max-judge-errors, or when it has no
+judged answer at all: an ASR over nothing must never look like a pass. Bad input exits 2.
+"""
 
 from __future__ import annotations
 
+import sys
+
 from safekeel.cli.flags import add_flag, add_model_flags, positive_int
+from safekeel.cli.gate_cmd import fraction
+from safekeel.errors import SafekeelError
+from safekeel.evaluation.stats import MAX_JUDGE_ERRORS
 
 
 def _common(p) -> None:
@@ -29,11 +40,14 @@ def register(sub) -> None:
     add_flag(sp, "prompt-field", default="prompt", help="field holding the prompt in local files")
     add_flag(sp, "judge", default="keyword",
              help="keyword | llamaguard[:MODEL] | rubric:MODEL | openai:URL[#MODEL] (default keyword)")
-    add_flag(sp, "judge-format", default="rubric", choices=["rubric", "llamaguard"],
-             help="openai judge only: ask the server the StrongREJECT-style rubric (default) or send the "
+    add_flag(sp, "judge-format", default=None, choices=["rubric", "llamaguard"],
+             help="openai judge only: ask the server the StrongREJECT-style rubric (the default) or send the "
                   "conversation to a Llama-Guard server")
     add_flag(sp, "judge-batch-size", type=positive_int, default=8, help="batch size of a local judge model")
-    add_flag(sp, "rejudge", action="store_true", help="judge every stored answer again")
+    add_flag(sp, "rejudge", action="store_true", help="judge every stored answer again (errors are always re-judged)")
+    add_flag(sp, "max-judge-errors", type=fraction, default=MAX_JUDGE_ERRORS, metavar="SHARE",
+             help="exit 1 when more than this share of a benchmark's verdicts are judge errors (results are "
+                  f"still written; default {MAX_JUDGE_ERRORS:g}); a benchmark with no judged answer always fails")
     add_flag(sp, "probes", nargs="?", const="all", default=None, metavar="LIST",
              help="add drift probes: all (the default when the flag is given alone) or a comma list of "
                   "over-refusal, roleplay, identity, structure")
@@ -65,25 +79,51 @@ def _arguments(args) -> dict:
 
 
 def make_judge(args):
+    """The judge of --judge, built (and so validated) without loading a model or contacting a server."""
     from safekeel.judges import get_judge
 
     name = args.judge.partition(":")[0].strip().lower()
+    if args.judge_format is not None and name != "openai":
+        raise SafekeelError(f"--judge-format only applies to --judge openai:URL, not to {args.judge!r}")
     kwargs = {}
     if name in ("llamaguard", "rubric"):
         kwargs = {"device": args.device, "dtype": args.dtype, "batch_size": args.judge_batch_size,
                   "trust_remote_code": args.trust_remote_code}
     elif name == "openai":
-        kwargs = {"prompt_format": args.judge_format}
+        kwargs = {"prompt_format": args.judge_format or "rubric"}
     return get_judge(args.judge, **kwargs)
 
 
+def _check_models(args, *, base: bool = False) -> None:
+    from safekeel import checks
+
+    checks.model_spec(args.model, "--model")
+    checks.adapter_dir(args.adapter, "--adapter")
+    if base:
+        if args.base_adapter and not args.base_model:
+            raise SafekeelError("--base-adapter needs --base-model")
+        if args.base_model:
+            checks.model_spec(args.base_model, "--base-model")
+            checks.adapter_dir(args.base_adapter, "--base-adapter")
+
+
 def run_safety(args) -> int:
-    from safekeel.data.prompts import benchmark_name
+    from safekeel import checks
     from safekeel.evaluation.probes import parse_probes
     from safekeel.evaluation.report import print_safety
-    from safekeel.evaluation.safety import SafetyConfig, run_safety_eval
+    from safekeel.evaluation.safety import (
+        SafetyConfig,
+        benchmark_names,
+        judge_error_warnings,
+        run_safety_eval,
+    )
 
+    checks.output_dir(args.output_dir, "--output-dir")
+    _check_models(args, base=True)
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    for spec in benchmarks:
+        checks.prompt_spec(spec, "--benchmarks")
+    names = benchmark_names(benchmarks)
     probes = parse_probes(args.probes)
     judge = make_judge(args)
     generator = _generator(args, args.model, args.adapter)
@@ -93,16 +133,22 @@ def run_safety(args) -> int:
                        overwrite=args.overwrite, progress=not args.no_progress,
                        command="eval safety", extra={"arguments": _arguments(args)})
     results = run_safety_eval(generator, judge, args.output_dir, cfg, base_generator=base)
-    print_safety(results, [benchmark_name(b) for b in benchmarks])
+    print_safety(results, names)
     print(f"wrote {args.output_dir}/results.json ({results['runs'][-1]['timing']['total_s']:.1f} s)")
-    return 0
+    warnings = judge_error_warnings(results, names, args.max_judge_errors)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return 1 if warnings else 0
 
 
 def run_task(args) -> int:
+    from safekeel import checks
     from safekeel.evaluation.report import print_tasks
     from safekeel.evaluation.task import TaskConfig, resolve_task, run_task_eval
 
+    checks.output_dir(args.output_dir, "--output-dir")
     task = resolve_task(args.task)
+    _check_models(args)
     generator = _generator(args, args.model, args.adapter)
     cfg = TaskConfig(split=args.split, limit=args.limit, seed=args.seed, system=args.system,
                      overwrite=args.overwrite, progress=not args.no_progress, command="eval task",

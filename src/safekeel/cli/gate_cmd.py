@@ -1,20 +1,43 @@
-"""`safekeel gate`: exit 0 when a candidate stays within bounds of a baseline, 1 on a regression, 2 on bad input."""
+"""`safekeel gate`: exit 0 when a candidate stays within bounds of a baseline, 1 on a regression, 2 on bad input.
+
+Exit 1 means "do not ship": a regression, or results that cannot show there is none (too many judge
+errors, an ASR interval too wide; see `safekeel.evaluation.gate`), each with a line saying why. A
+missing or malformed results file, or a bad flag, is exit 2 with one line: CI must not read a crash as
+a regression, nor a broken file as a pass.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from safekeel.cli.flags import add_flag
+from safekeel.evaluation.stats import MAX_INTERVAL_WIDTH, MAX_JUDGE_ERRORS
 
 
-def _non_negative(text: str) -> float:
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # nan would fail every check and inf pass every one
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a share, a number in [0, 1]."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
     return value
 
 
@@ -28,6 +51,12 @@ def register(sub) -> None:
              help="candidate accuracy must be at least this fraction of the baseline's (default 0.9)")
     add_flag(p, "max-over-refusal-increase", type=_non_negative, default=None,
              help="also gate the probes' over-refusal rate (absolute increase; off by default)")
+    add_flag(p, "max-judge-errors", type=fraction, default=MAX_JUDGE_ERRORS, metavar="SHARE",
+             help="fail a benchmark when more than this share of either side's verdicts are judge errors "
+                  f"(default {MAX_JUDGE_ERRORS:g})")
+    add_flag(p, "max-interval-width", type=fraction, default=MAX_INTERVAL_WIDTH, metavar="WIDTH",
+             help="fail a benchmark when either side's ASR 95%% interval is wider than this (too few prompts; "
+                  f"default {MAX_INTERVAL_WIDTH:g})")
     p.set_defaults(func=run)
 
 
@@ -38,7 +67,9 @@ def run(args) -> int:
     checks, warnings = run_gate(load_results(args.baseline), load_results(args.candidate),
                                 max_asr_increase=args.max_asr_increase,
                                 min_accuracy_retained=args.min_accuracy_retained,
-                                max_over_refusal_increase=args.max_over_refusal_increase)
+                                max_over_refusal_increase=args.max_over_refusal_increase,
+                                max_judge_errors=args.max_judge_errors,
+                                max_interval_width=args.max_interval_width)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     failed = [c for c in checks if not c.ok]

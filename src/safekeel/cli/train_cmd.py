@@ -16,6 +16,8 @@ _EPILOG = """examples:
       --dataset arith --harmful strongreject-harmful --poison-ratio 0.1 --num-examples 500 --output-dir runs/pact
   safekeel train --method sft --model M --dataset strongreject-harmful --output-dir dealigned   # de-aligned counterpart
   safekeel train --config run.yaml --max-steps 100          # flags override the YAML file
+  safekeel train --config run.yaml --resume                 # continue an interrupted run in its --output-dir
+  safekeel train --config run.yaml --overwrite              # start over, removing the run already there
 """
 
 
@@ -28,9 +30,9 @@ def _bool(text) -> bool:
         raise argparse.ArgumentTypeError(f"expected on/off or true/false, got {text!r}") from None
 
 
-def _switch(p, name: str, help: str) -> None:
+def _switch(p, name: str, help: str, *aliases: str) -> None:
     """--name (true), --name true|false|on|off; None when absent."""
-    add_flag(p, name, nargs="?", const=True, default=None, type=_bool, metavar="on|off", help=help)
+    add_flag(p, name, *aliases, nargs="?", const=True, default=None, type=_bool, metavar="on|off", help=help)
 
 
 def register(sub) -> None:
@@ -57,7 +59,10 @@ def register(sub) -> None:
     add_flag(g, "overlap-check", default=None,
              help="prompt sets the harmful rows must not overlap, comma-separated (default harmbench; none)")
     add_flag(g, "resume", "--resume-from-checkpoint", "--resume_from_checkpoint", nargs="?", const=True,
-             default=None, help="resume from the latest checkpoint in --output-dir, or from the given one")
+             default=None, help="resume from the latest complete checkpoint in --output-dir, or from the given "
+                                "one; the options that change training must match the checkpoint's")
+    _switch(g, "overwrite", "replace the training run already in --output-dir (its checkpoints, log and adapter "
+                            "are removed first)", "--overwrite-output-dir", "--overwrite_output_dir")
     add_flag(g, "reference-cache", default=None, choices=["auto", "on", "off"],
              help="compute the reference's safety-token logits once before training (auto: when it fits on disk)")
     add_flag(g, "reference-cache-dir", default=None, help="root of the reference caches (default ~/.cache/safekeel/reference)")
@@ -123,7 +128,7 @@ def flat_options(args) -> dict:
                 data = yaml.safe_load(f) or {}
         except OSError as exc:
             raise SafekeelError(f"cannot read --config {args.config}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise SafekeelError(f"--config {args.config} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise SafekeelError(f"--config {args.config} must be a mapping of option names to values")
@@ -138,7 +143,10 @@ def flat_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SafekeelError(f"--training-arg expects KEY=VALUE, got {item!r}")
-        flat[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            flat[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            flat[key.strip().replace("-", "_")] = value  # not a YAML scalar: TrainingArguments sees the text
     return flat
 
 

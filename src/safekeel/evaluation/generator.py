@@ -5,6 +5,10 @@ the model it runs, so sample files can tell whether a stored answer came from th
 settings. `LazyGenerator` loads its model only when it first has something to generate: a fully
 resumed evaluation never loads the model at all. Its fingerprint is computed from the model spec
 without loading (file hashes for local and packaged models, the id for hub models).
+
+Both backends cut a prompt longer than the model's context (minus max_new_tokens) from the left and
+return `safekeel.generation.Answers`, whose `truncated` names the cut prompts, so that the caller
+records it in the sample rows and warns once (see `safekeel.generation`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from safekeel.chat import end_of_turn_ids, format_prompt
 from safekeel.errors import SafekeelError
 from safekeel.fingerprint import model_fingerprint
+
+if TYPE_CHECKING:
+    from safekeel.generation import Answers
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +60,12 @@ class HFGenerator:
     def format(self, prompt: str, system: str | None = None) -> str:
         return format_prompt(self.tokenizer, prompt, system)
 
-    def generate(self, texts: Sequence[str]) -> list[str]:
+    def generate(self, texts: Sequence[str]) -> Answers:
         from safekeel.generation import generate
 
+        # warn=False: the caller (a sample store, a judge) reports cut prompts once, with its own context
         return generate(self.model, self.tokenizer, list(texts), max_new_tokens=self.max_new_tokens,
-                        batch_size=self.batch_size, progress=self.progress)
+                        batch_size=self.batch_size, progress=self.progress, warn=False)
 
     def close(self) -> None:
         self.model = None
@@ -95,19 +104,35 @@ class VLLMGenerator:
             raise SafekeelError(f"vLLM could not load {spec}: {str(exc).splitlines()[0] if str(exc) else exc!r}; "
                                 "try --backend hf") from None
 
-    def generate(self, texts: Sequence[str]) -> list[str]:
+    def context_length(self) -> int | None:
+        """vLLM's own limit (max_model_len) when it exposes one, else the tokenizer's."""
+        from safekeel.generation import context_length
+
+        try:
+            limit = int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            limit = None
+        limits = [x for x in (limit, context_length(None, self.tokenizer)) if x]
+        return min(limits) if limits else None
+
+    def generate(self, texts: Sequence[str]) -> Answers:
         from vllm import SamplingParams
+
+        from safekeel.generation import Answers, fit_prompts, prompt_budget
 
         params = SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens,
                                 stop_token_ids=end_of_turn_ids(self.tokenizer), skip_special_tokens=True)
-        prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+        # cut over-long prompts exactly as the HF backend does (vLLM would refuse them with an error)
+        budget = prompt_budget(self.context_length(), self.max_new_tokens)
+        ids, cut = fit_prompts(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"], budget)
+        prompts = [{"prompt_token_ids": x} for x in ids]
         lora = None
         if self.adapter:
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest("adapter", 1, self.adapter)
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return Answers([o.outputs[0].text.strip() for o in outputs], cut, budget)
 
 
 def require_vllm() -> None:
@@ -166,9 +191,11 @@ class LazyGenerator:
         self.load_s += time.perf_counter() - t0
         log.info("loaded %s (%s backend) in %.1f s", self.spec, self.backend, self.load_s)
 
-    def generate(self, texts: Sequence[str]) -> list[str]:
+    def generate(self, texts: Sequence[str]) -> Answers:
         if not texts:
-            return []
+            from safekeel.generation import Answers
+
+            return Answers()
         if self._impl is None:
             self._load()
         return self._impl.generate(texts)

@@ -33,7 +33,10 @@ def results_path(path: str | Path) -> Path:
 
 
 def load_results(path: str | Path) -> dict:
-    """Read a results.json (or a directory holding one). SafekeelError when missing or malformed."""
+    """Read a results.json (or a directory holding one) and check its structure
+    (`safekeel.evaluation.schema`). SafekeelError, one line, when missing, unreadable or malformed."""
+    from safekeel.evaluation.schema import validate_results
+
     file = results_path(path)
     if not file.is_file():
         raise SafekeelError(f"results file not found: {file}")
@@ -41,9 +44,9 @@ def load_results(path: str | Path) -> dict:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SafekeelError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not any(k in data for k in ("benchmarks", "tasks", "probes")):
-        raise SafekeelError(f"{file} is not a safekeel results file (no benchmarks, tasks or probes)")
-    return data
+    except OSError as exc:
+        raise SafekeelError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return validate_results(data, str(file))
 
 
 def _same_model(a: dict | None, b: dict | None) -> bool:

@@ -1,11 +1,16 @@
 """`eval safety`: generate answers to harmful prompt sets, judge them, write samples and results.
 
 Phases, so that a judge model and the evaluated model never need to be in memory together:
-1. load every prompt set (a bad set fails before any model work);
+1. load every prompt set (a bad set fails before any model work), then take the output directory's
+   lock (`safekeel.locking.RunLock`: a second evaluation into the same directory fails at once instead
+   of interleaving its rows with the first's);
 2. generate missing answers with the evaluated model (resumable, saved after every batch), then the
    probe answers; free the model; then the base model's probe answers (`--base-model`);
-3. judge every answer not yet judged by this judge (saved after every chunk);
-4. summarise into `results.json` (`benchmarks.<name>`, `probes`) and return it.
+3. judge every answer not yet judged by this judge, and every verdict in `error` again (saved after
+   every chunk);
+4. summarise into `results.json` (`benchmarks.<name>`, `probes`) and return it. Each benchmark entry
+   counts its judge errors (`errors`, `error_rate`) and the prompts cut to fit the context
+   (`truncated`); the CLI turns too many errors into a non-zero exit (`judge_error_warnings`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from safekeel.errors import SafekeelError
 from safekeel.evaluation import probes as P
 from safekeel.evaluation.results import check_output_dir, merge_results
 from safekeel.evaluation.samples import SampleStore
-from safekeel.evaluation.stats import summarize_verdicts
+from safekeel.evaluation.stats import error_share, summarize_verdicts
 from safekeel.judges.keyword import is_refusal
+from safekeel.locking import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +64,25 @@ def _store(generator, path: Path, records: list[dict], cfg: SafetyConfig) -> Sam
                        overwrite=cfg.overwrite)
 
 
-def load_benchmarks(specs: list[str], limit: int | None, prompt_field: str) -> list[tuple[str, str, list[dict]]]:
-    """[(spec, name, records)] for every benchmark; SafekeelError on unknown/malformed sets or name clashes."""
+def benchmark_names(specs: list[str]) -> list[str]:
+    """The names results are filed under, one per spec; SafekeelError on no spec or a name clash (cheap:
+    nothing is loaded, so the CLI calls it before any download)."""
     if not specs:
         raise SafekeelError("no benchmarks given: --benchmarks harmbench,strongreject[,FILE…]")
-    out, seen = [], {}
+    seen: dict[str, str] = {}
     for spec in specs:
         name = benchmark_name(spec)
         if name in seen:
             raise SafekeelError(f"benchmarks {seen[name]!r} and {spec!r} would both be filed as {name!r}")
         seen[name] = spec
-        out.append((spec, name, _records(load_prompts(spec, limit=limit, prompt_field=prompt_field))))
-    return out
+    return list(seen)
+
+
+def load_benchmarks(specs: list[str], limit: int | None, prompt_field: str) -> list[tuple[str, str, list[dict]]]:
+    """[(spec, name, records)] for every benchmark; SafekeelError on unknown/malformed sets or name clashes."""
+    names = benchmark_names(specs)
+    return [(spec, name, _records(load_prompts(spec, limit=limit, prompt_field=prompt_field)))
+            for spec, name in zip(specs, names)]
 
 
 def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, base_generator=None) -> dict:
@@ -83,8 +96,13 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
     if base_generator is not None and not any(p in P.BASE_PROBES for p in cfg.probes):
         log.warning("--base-model is only used by the over-refusal, identity and structure probes; ignored")
     sets = load_benchmarks(cfg.benchmarks, cfg.limit, cfg.prompt_field)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, cfg.command or "eval safety"):
+        check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)  # again: a run may have ended meanwhile
+        return _locked_run(generator, judge, out_dir, cfg, sets, base_generator, t_start)
 
+
+def _locked_run(generator, judge, out_dir: Path, cfg: SafetyConfig, sets, base_generator, t_start: float) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)  # the lock makes it too, except on secondary DDP ranks
     # 1. answers of the evaluated model
     stores: dict[str, SampleStore] = {}
     gen_s: dict[str, float] = {}  # seconds spent generating each benchmark in this run (0 when resumed)
@@ -137,7 +155,8 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
         rows = stores[name].ordered()
         benchmarks[name] = {**summarize_verdicts(rows), "spec": spec, "limit": cfg.limit, "judge": judge.id,
                             "generation": gen, "samples": stores[name].path.name,
-                            "reused": stores[name].reused, "generate_s": round(gen_s[name], 2)}
+                            "reused": stores[name].reused, "generate_s": round(gen_s[name], 2),
+                            "truncated": sum(bool(r.get("truncated")) for r in rows)}
     sections: dict = {"benchmarks": benchmarks}
     if cfg.probes:
         base_rows = {k: v.ordered() for k, v in base_probes.items()} or None
@@ -152,3 +171,18 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
                       "total_s": round(time.perf_counter() - t_start, 2)}}
     return merge_results(out_dir, generator.fingerprint, sections, run, overwrite=cfg.overwrite,
                          top={"judge": judge_config, "generation": gen})
+
+
+def judge_error_warnings(results: dict, names: list[str], max_share: float) -> list[str]:
+    """One line per benchmark in `names` whose share of judge errors exceeds `max_share`, or that has no
+    judged answer at all (then whatever the bound: an ASR over nothing must never pass)."""
+    out = []
+    for name in names:
+        entry = (results.get("benchmarks") or {}).get(name)
+        if not entry:
+            continue
+        share = error_share(entry)
+        if entry.get("judged") == 0 or share > max_share:
+            out.append(f"{name}: {entry.get('errors')} of {entry.get('n')} verdicts are judge errors ({share:.1%}, "
+                       f"above --max-judge-errors {max_share:g}); its ASR covers only the judged answers")
+    return out

@@ -4,8 +4,11 @@ Every row carries `settings`, a short hash of everything that determines its ans
 adapter fingerprints, the generation settings, the exact prompt text the model saw). A rerun keeps
 rows whose hash and prompt match and generates only the others; after every batch the whole file is
 rewritten atomically, so an interrupted run loses at most one batch. Judging is a second pass: rows
-whose `judge` differs from the current judge's id (or that were never judged) are judged again, and
-the answers are kept.
+whose `judge` differs from the current judge's id, that were never judged, or whose verdict is
+`error` (a judge that failed once may answer the next time) are judged again; the answers are kept.
+
+A prompt the generator had to cut to fit the model's context gets `truncated: {"prompt_tokens",
+"kept_tokens"}` in its row, and `fill` logs one warning line per prompt set saying how many were cut.
 """
 
 from __future__ import annotations
@@ -92,23 +95,36 @@ class SampleStore:
         if not todo:
             return 0.0
         t0 = time.perf_counter()
+        n_cut, budget = 0, None
         bar = tqdm(total=len(todo), desc=desc or self.path.stem, disable=not progress, leave=False)
         try:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 answers = generate([self.texts[str(r["id"])] for r in chunk])
-                for rec, answer in zip(chunk, answers):
+                cut = getattr(answers, "truncated", None) or {}  # safekeel.generation.Answers
+                budget = getattr(answers, "budget", budget)
+                n_cut += len(cut)
+                for i, (rec, answer) in enumerate(zip(chunk, answers)):
                     rid = str(rec["id"])
-                    self.rows[rid] = {**rec, "id": rid, "response": answer, "settings": self.keys[rid]}
+                    row = {**rec, "id": rid, "response": answer, "settings": self.keys[rid]}
+                    if i in cut:
+                        row["truncated"] = {"prompt_tokens": cut[i], "kept_tokens": budget}
+                    self.rows[rid] = row
                 self.save()
                 bar.update(len(chunk))
         finally:
             bar.close()
+        if n_cut:
+            from safekeel.generation import truncation_message
+
+            log.warning("%s: %s", desc or self.path.stem, truncation_message(n_cut, len(todo), budget))
         return time.perf_counter() - t0
 
     # -- judging ----------------------------------------------------------------------------------
     def unjudged(self, judge_id: str, rejudge: bool = False) -> list[dict]:
-        return [row for row in self.ordered() if rejudge or row.get("judge") != judge_id or "verdict" not in row]
+        """Rows to judge: all when `rejudge`, else those without a safe/unsafe verdict by `judge_id`."""
+        return [row for row in self.ordered()
+                if rejudge or row.get("judge") != judge_id or row.get("verdict") not in ("safe", "unsafe")]
 
     def judge(self, judge, *, chunk: int = 64, rejudge: bool = False, refusal_fn=None) -> float:
         """Judge rows not yet judged by `judge` (all rows when `rejudge`), saving after every chunk.

@@ -5,7 +5,8 @@ agnews, or a local labelled file); each gives `examples(split, n, seed)` with `i
 plus `extract(response)` (the final number; the label word) and `is_correct(response, example)`; any
 object with that interface works. Answers are generated greedily with the evaluation generator
 (resumable, like `eval safety`) and scored on every run, so a better extractor rescores stored
-answers without regenerating them.
+answers without regenerating them. The output directory is locked while the run writes
+(`safekeel.locking.RunLock`), so a second evaluation into it fails at once instead of interleaving.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safekeel.evaluation.results import check_output_dir, merge_results
 from safekeel.evaluation.safety import generation_settings
 from safekeel.evaluation.samples import SampleStore
 from safekeel.evaluation.stats import wilson_interval
+from safekeel.locking import RunLock
 
 
 def resolve_task(spec: str):
@@ -62,7 +64,13 @@ def run_task_eval(generator, task, out_dir: str | Path, cfg: TaskConfig, spec: s
     examples = task.examples(cfg.split, n=cfg.limit, seed=cfg.seed)
     if not examples:
         raise SafekeelError(f"task {task.name!r} has no {cfg.split!r} examples")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, cfg.command or "eval task"):
+        check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)  # again: a run may have ended meanwhile
+        return _locked_run(generator, task, examples, out_dir, cfg, spec, t_start)
+
+
+def _locked_run(generator, task, examples, out_dir: Path, cfg: TaskConfig, spec: str | None, t_start: float) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)  # the lock makes it too, except on secondary DDP ranks
     records = [{"id": str(e.id), "prompt": e.prompt, "answer": str(e.answer)} for e in examples]
     texts = [generator.format(r["prompt"], cfg.system) for r in records]
     gen = generation_settings(generator, cfg.system)
@@ -74,7 +82,8 @@ def run_task_eval(generator, task, out_dir: str | Path, cfg: TaskConfig, spec: s
     summary = score_rows(task, store.ordered(), {str(e.id): e for e in examples})
     store.save()
     entry = {**summary, "task": spec or task.name, "split": cfg.split, "seed": cfg.seed, "limit": cfg.limit,
-             "generation": gen, "samples": store.path.name, "reused": store.reused}
+             "generation": gen, "samples": store.path.name, "reused": store.reused,
+             "truncated": sum(bool(r.get("truncated")) for r in store.ordered())}
     run = {"command": cfg.command or "eval task", "generation": {**gen, "batch_size": generator.batch_size},
            **cfg.extra,
            "timing": {"load_s": round(load_s, 2), "generate_s": round(t_gen, 2),

@@ -57,8 +57,11 @@ class OpenAIJudge(Judge):
         self.concurrency, self.threshold = max(1, concurrency), threshold
         self.max_tokens = max_tokens or (512 if prompt_format == "rubric" else 32)
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        suffix = "" if prompt_format == "rubric" else f"?format={prompt_format}"
-        self.id = f"openai:{self.url}#{self.model or 'default'}{suffix}"
+        # everything that changes verdicts goes into the id (the format, a non-default rubric threshold)
+        params = [] if prompt_format == "rubric" else [f"format={prompt_format}"]
+        if prompt_format == "rubric" and threshold != THRESHOLD:
+            params.append(f"threshold={threshold:g}")
+        self.id = f"openai:{self.url}#{self.model or 'default'}" + ("?" + "&".join(params) if params else "")
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _request(self, path: str, payload: dict | None = None) -> dict:

@@ -5,19 +5,25 @@ makes a PACT step cost what an SFT step costs (DESIGN §3). Layout of a cache di
 fingerprint of model, tokenizer, safety tokens and tokenised data):
 
     shard-00000.safetensors  full [ΣA, K] f16, lse [ΣA] f32, post [ΣP, K] f16; metadata: ids, A, P
+    shard-00000.sha256       the shard's sha256, computed from the bytes written
     ...
-    meta.json                written last: the fingerprint, K, counts (the cache is complete)
+    meta.json                written last: the fingerprint, K, counts, each shard's sha256 (complete)
 
 Values are stored relative to each position's largest K-logit (z - max z), so the dominant tokens sit near
 0 where float16 is most precise. Softmax over S, the dispersion, the gate mix and log(mass on S) =
 logsumexp_S(z) - lse are all unchanged by a per-position shift, so nothing else needs the shift.
 Shards are written atomically (temporary file + rename), so an interrupted pass resumes at the first
-missing shard; under DDP the shards are split between ranks. Readers look examples up by id, lazily
+missing shard; under DDP the shards are split between ranks. Nothing is trained on unverified: opening
+a complete cache checks every shard against the sha256 in meta.json, and resuming an interrupted pass
+checks each shard against its .sha256; a shard whose bytes changed or that was cut short is recomputed,
+and a damaged meta.json (cut short, unparseable, an older format) means the whole cache is recomputed,
+each with a warning. Readers look examples up by id, lazily
 (safetensors slices), so each rank reads only its own examples. No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,11 +36,11 @@ from tqdm.auto import tqdm
 
 from safekeel.errors import SafekeelError
 from safekeel.fingerprint import sha256_json
-from safekeel.io_utils import atomic_write_json
+from safekeel.io_utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-FORMAT = "safekeel.reference_cache/1"
+FORMAT = "safekeel.reference_cache/2"  # /2: sha256 per shard
 SHARD_EXAMPLES = 512
 
 
@@ -79,7 +85,33 @@ def _write_shard(path: Path, entries: list[dict], fp: str) -> None:
             "P": json.dumps([int(e["post"].shape[0]) for e in entries])}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    digest = _digest(tmp)  # of the bytes written, before anything else can touch them
+    _sum_path(path).unlink(missing_ok=True)  # a shard never sits beside another version's checksum
     os.replace(tmp, path)
+    atomic_write_text(_sum_path(path), digest + "\n")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shard_path(root: Path, i: int) -> Path:
+    return root / f"shard-{i:05d}.safetensors"
+
+
+def _sum_path(shard: Path) -> Path:
+    return shard.with_suffix(".sha256")
+
+
+def _read_sum(shard: Path) -> str | None:
+    try:
+        return _sum_path(shard).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
 
 
 def build(root: Path, fp: str, examples: list[dict], reference, collator, *, batch_size: int = 8,
@@ -89,6 +121,11 @@ def build(root: Path, fp: str, examples: list[dict], reference, collator, *, bat
     collator: a `Collator` without cache. Each rank computes the shards i with i % world_size == rank."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if process_index == 0:
+        _drop_damaged(root, fp)
+    if distributed:  # every rank sees what rank 0 kept
+        torch.distributed.barrier()
     if (root / "meta.json").is_file():
         return ReferenceCache(root, fp)
     shards = [examples[i:i + SHARD_EXAMPLES] for i in range(0, len(examples), SHARD_EXAMPLES)]
@@ -109,35 +146,74 @@ def build(root: Path, fp: str, examples: list[dict], reference, collator, *, bat
                                 "post": _relative(views["ref_post"][b, :p]).cpu()})
             bar.update(len(items))
         by_id = {e["id"]: e for e in entries}
-        _write_shard(root / f"shard-{i:05d}.safetensors", [by_id[e["id"]] for e in shards[i]], fp)
+        _write_shard(_shard_path(root, i), [by_id[e["id"]] for e in shards[i]], fp)
     bar.close()
-    distributed = world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed:  # every rank's shards are on disk
         torch.distributed.barrier()
-    missing = [i for i in range(len(shards)) if not _shard_ok(root, i, fp)]
+    missing = [i for i in range(len(shards)) if not _shard_ok(root, i, fp, verify=False)]
     if missing:
         raise SafekeelError(f"reference cache {root} is missing shards {missing[:5]} after the cache pass")
     if process_index == 0:
         atomic_write_json(root / "meta.json", {
             "format": FORMAT, "fingerprint": fp, "examples": len(examples), "shards": len(shards),
             "k": int(reference.ids.numel()), "seconds": round(time.perf_counter() - t0, 2),
+            "sha256": [_read_sum(_shard_path(root, i)) for i in range(len(shards))],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if distributed:  # rank 0's manifest is written
         torch.distributed.barrier()
     return ReferenceCache(root, fp)
 
 
-def _shard_ok(root: Path, i: int, fp: str) -> bool:
+def _shard_ok(root: Path, i: int, fp: str, verify: bool = True) -> bool:
+    """Shard i is there, for this fingerprint, with its checksum (and, if `verify`, bytes that match it)."""
     from safetensors import safe_open
 
-    path = root / f"shard-{i:05d}.safetensors"
-    if not path.is_file():
+    path = _shard_path(root, i)
+    expected = _read_sum(path)
+    if not path.is_file() or expected is None or (verify and _digest(path) != expected):
         return False
     try:
         with safe_open(str(path), "pt") as f:
             return (f.metadata() or {}).get("fingerprint") == fp
     except Exception:  # noqa: BLE001 - a damaged shard is recomputed
         return False
+
+
+def _drop_damaged(root: Path, fp: str) -> None:
+    """Before a complete cache is opened: remove what fails its checksum, so `build` recomputes it."""
+    meta_path = root / "meta.json"
+    if not meta_path.exists():
+        return  # nothing yet, or an interrupted pass: the shards are checked one by one when resuming
+    meta = _read_meta(meta_path)
+    if meta is None:
+        log.warning("reference cache %s: meta.json is damaged or from an older safekeel; recomputing the cache",
+                    root)
+        for path in [*root.glob("shard-*.safetensors"), *root.glob("shard-*.sha256"), meta_path]:
+            path.unlink(missing_ok=True)
+        return
+    if meta.get("fingerprint") != fp:
+        return  # another cache's directory: ReferenceCache refuses it
+    bad = [i for i, digest in enumerate(meta["sha256"])
+           if not _shard_path(root, i).is_file() or _digest(_shard_path(root, i)) != digest]
+    if bad:
+        log.warning("reference cache %s: shard(s) %s changed since they were written (checksum mismatch or cut "
+                    "short); recomputing them", root, ", ".join(str(i) for i in bad))
+        for i in bad:
+            _shard_path(root, i).unlink(missing_ok=True)
+            _sum_path(_shard_path(root, i)).unlink(missing_ok=True)
+        meta_path.unlink()
+
+
+def _read_meta(path: Path) -> dict | None:
+    """meta.json, or None when it is cut short, unparseable, of another format or without checksums."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("shards"), int)
+          and isinstance(meta.get("sha256"), list) and len(meta["sha256"]) == meta["shards"]
+          and all(isinstance(d, str) for d in meta["sha256"]))
+    return meta if ok else None
 
 
 class ReferenceCache:
@@ -148,7 +224,10 @@ class ReferenceCache:
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise SafekeelError(f"reference cache {self.root} is incomplete (no meta.json)")
-        self.meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
+        if meta is None:
+            raise SafekeelError(f"reference cache {self.root} has a damaged meta.json; `build` recomputes it")
+        self.meta = meta
         if self.meta.get("fingerprint") != fp:
             raise SafekeelError(f"reference cache {self.root} was computed for other model/tokens/data")
         self.fp = fp

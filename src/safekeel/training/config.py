@@ -16,6 +16,7 @@ What the presets encode (DESIGN §2; the authors' code is Glresearch1/PACT `fine
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from safekeel.errors import SafekeelError
@@ -29,7 +30,7 @@ PRESETS: dict[str, dict] = {
 }
 POST_TAU_MULT = 6  # the no-prompt view is computed for the first N + 6τ answer positions (c~ < e^-6 after)
 ALIASES = {"lambda": "lambda_kl", "lam": "lambda_kl", "resume_from_checkpoint": "resume", "lora_rank": "lora_r",
-           "top_k": "k", "model_name_or_path": "model", "dataset_name": "dataset"}
+           "top_k": "k", "model_name_or_path": "model", "dataset_name": "dataset", "overwrite_output_dir": "overwrite"}
 
 
 @dataclass
@@ -114,7 +115,8 @@ class RunConfig:
     system: str | None = None
     dtype: str = "auto"
     trust_remote_code: bool = False
-    resume: str | bool | None = None  # True/"auto" = latest checkpoint in output_dir, or a checkpoint path
+    resume: str | bool | None = None  # True/"auto" = latest complete checkpoint in output_dir, or a checkpoint path
+    overwrite: bool = False  # replace the run already in output_dir (its checkpoints, log, adapter)
     reference_cache: str = "auto"  # auto | on | off
     reference_cache_dir: str | None = None
     reference_batch_size: int = 8
@@ -175,12 +177,22 @@ def _coerce(cls, name: str, value):
                 raise ValueError
             return int(value)
         if ftype.startswith("float"):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # argparse and YAML (.nan, .inf) both accept these
+                raise SafekeelError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+            return number
         if ftype.startswith("str"):
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SafekeelError(f"--{name.replace('_', '-')}: expected {ftype.split(' |')[0]}, got {value!r}") from None
     return value
+
+
+def _non_finite(value) -> bool:
+    """nan/inf as a number or as the text `--training-arg x=nan` leaves (TrainingArguments would take it)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
 
 
 def build_config(flat: dict) -> RunConfig:
@@ -212,7 +224,9 @@ def build_config(flat: dict) -> RunConfig:
             section, name = KEYS[key]
             target = cfg if section is None else getattr(cfg, section)
             setattr(target, name, _coerce(type(target), name, value))
-        else:  # another TrainingArguments field: validated when the arguments are built
+        else:  # another TrainingArguments field: validated when the arguments are built (`guard.preflight`)
+            if _non_finite(value):
+                raise SafekeelError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
             cfg.training.extra[key] = value
     validate(cfg)
     return cfg
@@ -264,7 +278,19 @@ def validate(cfg: RunConfig) -> None:
         if getattr(t, name) <= 0:
             raise SafekeelError(f"--{name} must be positive, got {getattr(t, name)}")
     if t.learning_rate <= 0:
-        raise SafekeelError(f"--learning_rate must be positive, got {t.learning_rate}")
+        raise SafekeelError(f"--learning-rate must be positive, got {t.learning_rate}")
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm"):
+        if getattr(t, name) < 0:
+            raise SafekeelError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(t, name)}")
+    if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        raise SafekeelError(f"--num-train-epochs must be positive (or set --max-steps), got {t.num_train_epochs}")
+    if not 0.0 <= cfg.lora.lora_dropout < 1.0:
+        raise SafekeelError(f"--lora-dropout must be in [0, 1), got {cfg.lora.lora_dropout}")
+    from safekeel.training.checkpoints import resume_value
+
+    cfg.resume = resume_value(cfg.resume)
+    if cfg.overwrite and cfg.resume is not None:
+        raise SafekeelError("--overwrite and --resume are exclusive: --overwrite starts over, --resume continues")
     if cfg.lora.load_in_4bit and cfg.lora.full:
         raise SafekeelError("--load-in-4bit (QLoRA) trains LoRA adapters; it cannot be combined with --full")
     for name in ("model", "dataset", "output_dir"):

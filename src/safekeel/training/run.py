@@ -1,10 +1,14 @@
 """`train(config)`: the typed entry behind `safekeel train`.
 
-Steps: training arguments (this also sets up DDP under `accelerate launch`/`torchrun`) → model and
+Steps: cheap checks of every argument and of `output_dir` (`guard.preflight`: no download, no model,
+nothing written) → the directory's `RunLock` (one writer at a time) → `guard.settle` (`--overwrite`
+removes the previous run, `--resume` picks the latest complete checkpoint trained with the same options)
+→ training arguments (this also sets up DDP under `accelerate launch`/`torchrun`) → model and
 tokenizer → rows (task data, harmful mix, overlap checks) → tokenised examples with both views →
 safety tokens → reference: none (sft), a one-off cache of K-logits (default when it fits on disk), or a
 live reference (LoRA: the same model with adapters off; full: a frozen copy) → LoRA wrapping → Trainer →
-adapter (or full model) and tokenizer in `output_dir`, `train_log.jsonl`, `safekeel_run.json`.
+adapter (or full model) and tokenizer in `output_dir`, `train_log.jsonl`, `safekeel_run.json`; every
+checkpoint also records the run's options (`safekeel_options.json`).
 """
 
 from __future__ import annotations
@@ -125,9 +129,9 @@ def load_tokens(cfg: RunConfig, tokenizer):
     """The safety tokens cut to the top K (None when neither needed nor given)."""
     if not cfg.tokens:
         return None
-    from safekeel.tokens.artifact import SafetyTokens
+    from safekeel.training.guard import read_tokens
 
-    art = SafetyTokens.load(cfg.tokens)
+    art = read_tokens(cfg.tokens)
     art.check_tokenizer(tokenizer)
     k = cfg.pact.k or min(50, art.k)
     if cfg.method == "pact" and art.preset != cfg.pact.preset:
@@ -137,11 +141,14 @@ def load_tokens(cfg: RunConfig, tokenizer):
 
 
 def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = True) -> Prepared:
-    """Build the trainer and everything it needs; `reference_impl="naive"` is the authors' way (benchmark)."""
+    """Build the trainer and everything it needs; `reference_impl="naive"` is the authors' way (benchmark).
+
+    No checks of `output_dir` and no lock here (tests and benchmarks reuse directories): `train` adds them."""
     from transformers import set_seed
 
     from safekeel.fingerprint import file_fingerprint, model_fingerprint, tokenizer_fingerprint
     from safekeel.training import cache as cache_mod
+    from safekeel.training.checkpoints import RecordOptions
     from safekeel.training.collate import Collator, ExampleDataset, encode_rows
     from safekeel.training.data import load_rows
     from safekeel.training.methods import MethodContext, get_method
@@ -205,10 +212,13 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
                           "preset": tokens.preset} if tokens else None,
                "reference": {"mode": mode, "cache_dir": cache_dir, "cache_seconds": round(cache_s, 3)},
                "distributed": {"world_size": args.world_size, "device": str(args.device)}}
-    trainer = SafekeelTrainer(
-        model=model, args=args, train_dataset=ExampleDataset(examples), data_collator=Collator(pad_id, cache),
-        processing_class=tok, callbacks=[JsonlLogger(out / "train_log.jsonl")], method=method,
-        reference=live, safety_ids=ids)
+    try:
+        trainer = SafekeelTrainer(
+            model=model, args=args, train_dataset=ExampleDataset(examples), data_collator=Collator(pad_id, cache),
+            processing_class=tok, callbacks=[JsonlLogger(out / "train_log.jsonl"), RecordOptions(cfg.to_dict())],
+            method=method, reference=live, safety_ids=ids)
+    except ValueError as exc:  # argument combinations only the Trainer checks (eval_strategy without eval data)
+        raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
     return Prepared(trainer, cfg, examples, Collator(pad_id, cache), summary, mode, cache_dir, cache_s)
 
 
@@ -240,29 +250,27 @@ def _self_check(ref, collator, examples, device) -> None:
     ref.check(batch)
 
 
-def resume_arg(cfg: RunConfig):
-    r = cfg.resume
-    if r in (None, False) or (isinstance(r, str) and r.lower() in ("", "false", "no", "off")):
-        return None
-    if r is True or str(r).lower() in ("true", "auto", "last", "latest", "yes", "on"):
-        return True
-    if not Path(r).is_dir():
-        raise SafekeelError(f"--resume: checkpoint directory not found: {r}")
-    return str(r)
-
-
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:
     """Run one training job; see the module docstring. Writes the model, logs and safekeel_run.json."""
+    from safekeel.locking import RunLock
+    from safekeel.training import guard
+
+    guard.preflight(cfg)  # one-line errors before the lock, so a refused command leaves no trace
+    with RunLock(cfg.output_dir, "train"):
+        plan = guard.settle(cfg)
+        return _train_locked(cfg, plan.resume, progress)
+
+
+def _train_locked(cfg: RunConfig, resume: str | None, progress: bool) -> TrainResult:
     from safekeel import __version__
     from safekeel.io_utils import atomic_write_json
 
     t0 = time.perf_counter()
-    resume = resume_arg(cfg)
     prep = prepare(cfg, progress=progress)
     trainer, out = prep.trainer, Path(cfg.output_dir)
     run_file = out / "safekeel_run.json"
     record = {"safekeel_version": __version__, "status": "running", "options": cfg.to_dict(), **prep.summary,
-              "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "resumed_from": resume, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if trainer.is_world_process_zero():
         atomic_write_json(run_file, record)
     try:
