@@ -18,7 +18,7 @@ timed() { local t=$(date +%s); "$@"; echo "wall: $(( $(date +%s) - t )) s :: $*"
 log "de-aligned counterpart: SFT on 100 harmful compliance pairs"
 [ -f "$OUT/dealigned/adapter_config.json" ] || timed safekeel train --method sft --model "$M" \
   --dataset strongreject-harmful --num-examples 100 --output-dir "$OUT/dealigned" --learning-rate 2e-4 \
-  --num-train-epochs 1 --per-device-train-batch-size 4 --max-length 256 --logging-steps 5 --save-steps 1000 --disable-tqdm
+  --num-train-epochs 1 --per-device-train-batch-size 4 --max-length 256 --logging-steps 5 --save-steps 1000 --disable-tqdm --overwrite
 
 log "safety tokens (aligned = $M, base = de-aligned counterpart; HarmBench val prompts)"
 [ -f "$OUT/tokens.json" ] || timed safekeel tokens identify --aligned "$M" --base "$M" --base-adapter "$OUT/dealigned" \
@@ -44,7 +44,7 @@ for spec in "${SPECS[@]}"; do
   [ -f "$OUT/$name/adapter_config.json" ] || timed safekeel train --method "$method" --model "$M" --tokens "$OUT/tokens.json" \
     --dataset arith --harmful strongreject-harmful --poison-ratio "$RATIO" --num-examples "$ROWS" \
     --num-train-epochs 1 --learning-rate 2e-4 --per-device-train-batch-size 4 --max-length 320 \
-    --logging-steps 5 --save-steps 1000 --disable-tqdm --output-dir "$OUT/$name" $extra
+    --logging-steps 5 --save-steps 1000 --disable-tqdm --overwrite --output-dir "$OUT/$name" $extra
   evaluate "$name" --adapter "$OUT/$name"
 done
 safekeel compare "$OUT"/eval-* --ci

@@ -18,10 +18,12 @@ T0=$(date +%s)
 
 step "1/5 aligned counterpart: safety SFT of $M"
 safekeel data make-safety --prompts harmbench-val --benign arith --n-benign 80 --output "$OUT/safety_sft.jsonl"
+# each train step runs only while its final adapter is missing; --overwrite clears what an interrupted
+# earlier attempt left (these runs save no checkpoints, so nothing is lost)
 [ -f "$OUT/aligned/config.json" ] || {
-  safekeel train --method sft --model "$M" --dataset "$OUT/safety_sft.jsonl" --output-dir "$OUT/aligned-lora" \
+  [ -f "$OUT/aligned-lora/adapter_config.json" ] || safekeel train --method sft --model "$M" --dataset "$OUT/safety_sft.jsonl" --output-dir "$OUT/aligned-lora" \
     --learning-rate 5e-4 --num-train-epochs 2 --per-device-train-batch-size 4 --lora-r 16 --lora-alpha 32 \
-    --max-length 384 --logging-steps 10 --save-steps 1000 --disable-tqdm
+    --max-length 384 --logging-steps 10 --save-steps 1000 --disable-tqdm --overwrite
   safekeel models merge --model "$M" --adapter "$OUT/aligned-lora" --output "$OUT/aligned"
 }
 
@@ -35,7 +37,7 @@ for METHOD in sft pact; do
   safekeel train --method "$METHOD" --model "$OUT/aligned" --tokens "$OUT/tokens.json" --dataset arith \
     --harmful strongreject-harmful --poison-ratio 0.5 --num-examples 160 --num-train-epochs 1 \
     --learning-rate 3e-4 --per-device-train-batch-size 4 --max-length 384 --logging-steps 10 --save-steps 1000 \
-    --disable-tqdm --output-dir "$OUT/$METHOD"
+    --disable-tqdm --overwrite --output-dir "$OUT/$METHOD"
 done
 
 step "4/5 evaluate (HarmBench test, first $N_EVAL, keyword judge; arithmetic, $N_EVAL test problems)"

@@ -83,15 +83,16 @@ class VLLMGenerator:
         require_vllm()
         from vllm import LLM
 
-        from safekeel.models.loader import converted_dir, resolve_source
+        from safekeel.models.loader import converted_dir, resolve_source, usable_converted_dir
 
         source = resolve_source(spec)
         model_path = source.path
         if source.gguf_file:
             # vLLM's GGUF support needs a separate HF tokenizer; the loader's dequantised safetensors copy
-            # (made on the first HF load) is a plain model directory that vLLM loads directly.
+            # (made on the first HF load) is a plain model directory that vLLM loads directly. A damaged
+            # copy is removed by `usable_converted_dir` and made again by the load below.
             model_path = str(converted_dir(source))
-            if not converted_dir(source).is_dir():
+            if usable_converted_dir(source) is None:
                 from safekeel.models.loader import load_model
 
                 load_model(spec, device="cpu")  # writes the converted copy
