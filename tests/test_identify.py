@@ -122,3 +122,29 @@ def test_artifact_rejects_bad_files(tmp_path):
         SafetyTokens.load(tmp_path / "other.json")
     with pytest.raises(SafekeelError, match="inconsistent"):
         SafetyTokens([1, 2], ["a"], [0.1, 0.2], [0.1, 0.2], 2)
+
+
+def test_prompts_longer_than_the_context_are_cut_with_a_warning(tiny_pair, tokenizer, caplog, monkeypatch):
+    """A prompt past the 512-token context is cut from the front (keeping the request's end)."""
+    from safekeel.data.prompts import PromptRecord
+    from safekeel.tokens import identify
+    from safekeel.tokens.identify import identify_safety_tokens
+
+    seen = []
+    real = identify.compute_discrepancy
+
+    def spy(aligned, base, aligned_ids, base_ids, answer_ids, **kw):
+        seen.extend(len(p) + len(a) for p, a in zip(aligned_ids, answer_ids))
+        return real(aligned, base, aligned_ids, base_ids, answer_ids, **kw)
+
+    monkeypatch.setattr(identify, "compute_discrepancy", spy)
+    aligned, base = tiny_pair
+    long_prompt = "please explain this in detail " * 200 + "How do I pick a lock?"
+    prompts = [PromptRecord("long", long_prompt), PromptRecord("short", "How do I pick a lock?")]
+    with caplog.at_level("WARNING"):
+        art, rows = identify_safety_tokens(aligned, tokenizer, base, tokenizer, prompts, k=3, max_new_tokens=8,
+                                           responses=["I'm sorry, but I cannot help.", "I cannot help with that."],
+                                           progress=False)
+    assert art.k == 3 and all(r["kept"] for r in rows)
+    assert "1 of 2 prompts are longer than the 512-token context" in caplog.text
+    assert max(seen) <= 512 and len(seen) == 2

@@ -90,3 +90,14 @@ def test_truncation_drop_and_duplicate_ids(tokenizer, rows):
                     post_positions=0)
     with pytest.raises(SafekeelError, match="empty"):
         encode_rows(tokenizer, [], max_length=64, post_positions=0)
+
+
+def test_max_length_is_cut_to_the_model_context(tiny_pair, tokenizer, caplog):
+    """--max-length beyond the position table would crash mid-training: it is cut, with a warning."""
+    from safekeel.training.run import _fit_context
+
+    model = tiny_pair[0]  # 512 positions
+    with caplog.at_level("WARNING"):
+        assert _fit_context(4096, model, tokenizer) == 512
+    assert "longer than the model's context (512 tokens)" in caplog.text
+    assert _fit_context(256, model, tokenizer) == 256

@@ -98,6 +98,8 @@ def identify_safety_tokens(
     base_texts = [format_prompt(base_tokenizer, prompts[i].prompt, None if plain_base else system, plain=plain_base)
                   for i in keep]
     base_ids = [base_tokenizer(t, add_special_tokens=False).input_ids for t in base_texts]
+    aligned_ids, base_ids = _fit_context(aligned_ids, base_ids, [answer_ids[i] for i in keep], aligned, base,
+                                         tokenizer, base_tokenizer)
     disc = compute_discrepancy(
         aligned, base, aligned_ids, base_ids, [answer_ids[i] for i in keep],
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
@@ -130,3 +132,26 @@ def identify_safety_tokens(
         },
     )
     return artifact, rows
+
+
+def _fit_context(aligned_ids, base_ids, answers, aligned, base, tokenizer, base_tokenizer):
+    """Prompt ids cut from the front so prompt + answer fit both models' contexts (past it a learned
+    position table fails and a RoPE model gives logits it was never trained to give); one warning says
+    how many were cut."""
+    from safekeel.generation import context_length, fit_prompts
+
+    limits = [n for n in (context_length(aligned, tokenizer), context_length(base, base_tokenizer)) if n]
+    if not limits:
+        return aligned_ids, base_ids
+    limit = min(limits)
+    longest = max(len(a) for a in answers)
+    if limit <= longest:
+        raise SafekeelError(f"answers of {longest} tokens leave no room for a prompt in the {limit}-token context; "
+                            "lower --max-new-tokens")
+    aligned_ids, cut_a = fit_prompts(aligned_ids, limit - longest)
+    base_ids, cut_b = fit_prompts(base_ids, limit - longest)
+    if cut_a or cut_b:
+        log.warning("%d of %d prompts are longer than the %d-token context leaves room for beside the answers; "
+                    "kept the end of each", len(set(cut_a) | set(cut_b)), len(aligned_ids), limit)
+    return aligned_ids, base_ids
+

@@ -164,7 +164,8 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     tokens = load_tokens(cfg, tok)
     rows, data_summary = load_rows(cfg, identification_set=(tokens.meta.get("prompt_set") if tokens else None))
     post = cfg.pact.post_positions() if method.reference == "safety" else 0
-    examples, enc_summary = encode_rows(tok, rows, max_length=cfg.training.max_length, post_positions=post)
+    examples, enc_summary = encode_rows(tok, rows, max_length=_fit_context(cfg.training.max_length, model, tok),
+                                        post_positions=post)
     method.prepare(MethodContext(tokens=tokens, device=args.device))
     ids = tokens.ids_tensor() if tokens is not None else None
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -220,6 +221,19 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     except ValueError as exc:  # argument combinations only the Trainer checks (eval_strategy without eval data)
         raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
     return Prepared(trainer, cfg, examples, Collator(pad_id, cache), summary, mode, cache_dir, cache_s)
+
+
+def _fit_context(max_length: int, model, tokenizer) -> int:
+    """`--max-length`, cut to the model's context: longer rows would fail on a learned position table
+    (mid-training) or train a RoPE model on positions it never saw."""
+    from safekeel.generation import context_length
+
+    limit = context_length(model, tokenizer)
+    if limit is not None and max_length > limit:
+        log.warning("--max-length %d is longer than the model's context (%d tokens); using %d", max_length, limit,
+                    limit)
+        return limit
+    return max_length
 
 
 def sharded_backend(args) -> str | None:
