@@ -74,6 +74,14 @@ CASES = [
     ("harmful-missing", ["--harmful", "{tmp}/missing.jsonl"], "file not found", None),
     ("overlap-unknown", ["--overlap-check", "nope"], "unknown prompt set", None),
     ("cache-dir-is-file", ["--reference-cache-dir", "{tmp}/file.txt"], "is a file", "file"),
+    ("dataset-empty", ["--dataset", "{tmp}/empty.jsonl"], "--dataset {tmp}/empty.jsonl is empty", "empty_data"),
+    ("seed-negative", ["--seed", "-1"], "--seed must be between 0 and 2**32 - 1", None),
+    ("lora-r-zero", ["--lora-r", "0"], "--lora-r must be positive", None),
+    ("lora-alpha-zero", ["--lora-alpha", "0"], "--lora-alpha must be positive", None),
+    ("report-to-missing-package", ["--report-to", "wandb"], "--report-to wandb needs the wandb package", None),
+    ("report-to-unknown", ["--report-to", "nosuch"], "--report-to: unknown integration 'nosuch'", None),
+    ("workers-negative", ["--dataloader-num-workers", "-1"], "--dataloader-num-workers must be >= 0", None),
+    ("reference-batch-zero", ["--reference-batch-size", "0"], "--reference-batch-size must be positive", None),
 ]
 
 
@@ -96,6 +104,8 @@ def _prepare(kind, setup, tmp_path):
         (tmp_path / "bad_tokens.json").write_text(Path(setup["tokens"]).read_text()[:50])
     elif kind == "tokens_types":
         _tokens_with(setup, tmp_path, token_ids=["a"] * 8)
+    elif kind == "empty_data":
+        (tmp_path / "empty.jsonl").write_text("\n")
     elif kind == "tokens_list":
         (tmp_path / "bad_tokens.json").write_text("[1, 2, 3]")
 
@@ -106,5 +116,6 @@ def test_bad_train_argument(setup, tmp_path, expect_usage_error, extra, message,
     argv = ["train", "--method", "pact", "--model", setup["model"], "--dataset", setup["data"], "--tokens",
             setup["tokens"], "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--disable-tqdm"]
     argv += [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    message = message.replace("{tmp}", str(tmp_path))
     err = expect_usage_error(argv, message, watch=[Path(setup["data"]).parent])
     assert not (tmp_path / "out" / LOCK_NAME).exists(), err  # refused before the lock

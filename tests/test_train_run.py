@@ -227,3 +227,15 @@ def test_logits_only_from_the_first_answer_column_change_nothing(setup, tmp_path
         ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                                ignore_index=-100)
         torch.testing.assert_close(results[0][0], ce)
+
+
+def test_unknown_lora_target_module_is_one_line(setup, tmp_path, capsys):
+    """PEFT's error for a module name the model lacks comes after the load, but as one line."""
+    from safekeel.cli.main import main
+
+    assert main(["train", "--method", "sft", "--model", setup["model"], "--dataset", setup["data"], "--output-dir",
+                 str(tmp_path / "o"), "--max-steps", "1", "--disable-tqdm", "--overlap-check", "none",
+                 "--lora-target-modules", "no_such_proj"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("safekeel train: error: --lora-target-modules no_such_proj: Target modules")
+    assert not any("Traceback" in line for line in err)

@@ -286,6 +286,15 @@ def validate(cfg: RunConfig) -> None:
         raise SafekeelError(f"--num-train-epochs must be positive (or set --max-steps), got {t.num_train_epochs}")
     if not 0.0 <= cfg.lora.lora_dropout < 1.0:
         raise SafekeelError(f"--lora-dropout must be in [0, 1), got {cfg.lora.lora_dropout}")
+    for name in ("lora_r", "lora_alpha"):
+        if getattr(cfg.lora, name) <= 0:
+            raise SafekeelError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg.lora, name)}")
+    if not 0 <= t.seed < 2**32:  # numpy's seeding range, which transformers' set_seed uses
+        raise SafekeelError(f"--seed must be between 0 and 2**32 - 1, got {t.seed}")
+    if t.dataloader_num_workers < 0:
+        raise SafekeelError(f"--dataloader-num-workers must be >= 0, got {t.dataloader_num_workers}")
+    if cfg.reference_batch_size <= 0:
+        raise SafekeelError(f"--reference-batch-size must be positive, got {cfg.reference_batch_size}")
     from safekeel.training.checkpoints import resume_value
 
     cfg.resume = resume_value(cfg.resume)

@@ -74,6 +74,10 @@ def _dataset_spec(spec: str) -> None:
         return
     if spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
         checks.input_file(spec, "--dataset")
+        from safekeel.data.prompts import read_rows
+
+        if not read_rows(Path(spec)):  # reading a local file is cheap; an empty one fails before the model loads
+            raise SafekeelError(f"--dataset {spec} is empty")
     elif not (spec.startswith("hf:") or spec.count("/") == 1):
         raise SafekeelError(f"--dataset: unknown training data {spec!r}: use a task name, a harmful set, a "
                             ".jsonl/.csv/.parquet file or a hub dataset id")

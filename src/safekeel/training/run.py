@@ -59,11 +59,7 @@ def training_arguments(cfg: RunConfig):
 
     t = cfg.training
     report = [r.strip() for r in str(t.report_to).split(",") if r.strip()]
-    if "tensorboard" in report:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise SafekeelError("--report_to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    _check_reporters(report)
     kwargs = {
         "output_dir": cfg.output_dir, "learning_rate": t.learning_rate, "num_train_epochs": t.num_train_epochs,
         "per_device_train_batch_size": t.per_device_train_batch_size,
@@ -83,6 +79,30 @@ def training_arguments(cfg: RunConfig):
         return TrainingArguments(**kwargs)
     except (TypeError, ValueError) as exc:
         raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
+
+
+# --report-to integrations and the package each needs (transformers raises a RuntimeError from deep
+# inside the Trainer otherwise, after the model is loaded)
+_REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+              "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",),
+              "neptune": ("neptune",), "codecarbon": ("codecarbon",), "trackio": ("trackio",),
+              "swanlab": ("swanlab",), "aim": ("aim",), "azure_ml": ("azureml",), "flyte": ("flytekit",),
+              "dagshub": ("dagshub",)}
+
+
+def _check_reporters(report: list[str]) -> None:
+    import importlib.util
+
+    for name in report:
+        if name in ("none", "all"):
+            continue
+        if name not in _REPORTERS:
+            raise SafekeelError(f"--report-to: unknown integration {name!r}; use none or one of "
+                                f"{', '.join(sorted(_REPORTERS))}")
+        if not any(importlib.util.find_spec(m) for m in _REPORTERS[name]):
+            extra = ' (or pip install -e ".[tensorboard]")' if name == "tensorboard" else ""
+            raise SafekeelError(f"--report-to {name} needs the {_REPORTERS[name][0]} package: "
+                                f"pip install {_REPORTERS[name][0]}{extra}")
 
 
 def load_for_training(cfg: RunConfig, args):
@@ -122,7 +142,10 @@ def add_lora(model, cfg: RunConfig):
     targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=lo.lora_r, lora_alpha=lo.lora_alpha, lora_dropout=lo.lora_dropout, target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # PEFT's NoMatchingPeftModuleError and friends: the user's module names
+        raise SafekeelError(f"--lora-target-modules {lo.lora_target_modules}: {str(exc).splitlines()[0]}") from None
 
 
 def load_tokens(cfg: RunConfig, tokenizer):
