@@ -217,10 +217,8 @@ def test_other_model_in_same_directory_is_refused(bench, tmp_path):
 
 # -- probes -----------------------------------------------------------------------------------------
 
-def test_benign_risky_resource():
-    rows = P.load_benign_risky()
-    assert 45 <= len(rows) <= 60 and len({r["id"] for r in rows}) == len(rows)
-    assert any("kill a Python process" in r["prompt"] for r in rows)
+def _benign_risky() -> list[dict]:
+    return P.probe_records([], 0)["benign"]
 
 
 def test_structure_features_and_entities():
@@ -253,7 +251,7 @@ def test_probes_against_base(bench, tmp_path):
                           SafetyConfig([str(bench)], probes=P.parse_probes("all"), probe_limit=3, progress=False),
                           base_generator=base)
     p = res["probes"]
-    benign = P.load_benign_risky()
+    benign = _benign_risky()
     expected = sum(("kill" in r["prompt"] or "lock" in r["prompt"]) for r in benign)
     assert p["over_refusal"]["n"] == len(benign) and p["over_refusal"]["k"] == expected > 0
     assert p["over_refusal"]["base"]["rate"] == 0.0
@@ -266,17 +264,25 @@ def test_probes_against_base(bench, tmp_path):
     assert s["model"]["list_share"] == 1.0 and s["base"]["list_share"] == 0.0
     assert s["drift"]["length_ratio"] > 1 and s["drift"]["list_share_delta"] == 1.0
     assert p["base_model"]["sha256"] == "c" * 64 and base.closed
-    for name in ("benign", "roleplay", "identity", "structure"):
+    everyday = p["over_refusal_everyday"]
+    assert everyday["n"] == 135 and everyday["k"] == 0 and everyday["set"] == "everyday"
+    assert everyday["base"]["rate"] == 0.0
+    for name in ("everyday", "benign", "roleplay", "identity", "structure"):
         assert (tmp_path / "r" / f"samples_probe_{name}.jsonl").is_file()
     assert (tmp_path / "r" / "samples_probe_identity_base.jsonl").is_file()
     assert load_results(tmp_path / "r")["probes"]["over_refusal"] == p["over_refusal"]  # passes the schema
 
 
 def test_parse_probes():
-    assert P.parse_probes(None) == [] and P.parse_probes("all") == ["benign", "roleplay", "identity", "structure"]
+    assert P.parse_probes(None) == ["everyday", "benign"]  # over-refusal is measured unless turned off
+    assert P.parse_probes("none") == []
+    assert P.parse_probes("all") == ["everyday", "benign", "roleplay", "identity", "structure"]
     assert P.parse_probes("over-refusal, identity") == ["benign", "identity"]
+    assert P.parse_probes("benign-risky,everyday") == ["benign", "everyday"]
     with pytest.raises(SafekeelError, match="unknown probe 'bogus'"):
         P.parse_probes("over-refusal,bogus")
+    with pytest.raises(SafekeelError, match="empty"):
+        P.parse_probes(" , ")
 
 
 def test_cli_over_refusal_probe_only(tiny_dirs, prompts_file, tmp_path, capsys):
@@ -284,11 +290,11 @@ def test_cli_over_refusal_probe_only(tiny_dirs, prompts_file, tmp_path, capsys):
     assert main(["eval", "safety", "--model", tiny_dirs["aligned"], "--benchmarks", str(prompts_file), "--limit", "1",
                  "--max-new-tokens", "2", "--batch-size", "26", "--output-dir", str(out), "--no-progress",
                  "--probes", "over-refusal"]) == 0
-    assert "over-refusal on benign prompts" in capsys.readouterr().out
+    assert "over-refusal benign-risky (n=52)" in capsys.readouterr().out
     probes = json.loads((out / "results.json").read_text())["probes"]
     rows = read_jsonl(out / "samples_probe_benign.jsonl")
     assert set(probes) >= {"over_refusal"} and "roleplay" not in probes
-    assert probes["over_refusal"]["n"] == len(rows) == len(P.load_benign_risky())
+    assert probes["over_refusal"]["n"] == len(rows) == len(_benign_risky())
     assert probes["over_refusal"]["k"] == sum(r["refusal"] for r in rows)
     assert not (out / "samples_probe_roleplay.jsonl").exists()
 
@@ -444,3 +450,19 @@ def test_cli_on_packaged_smollm2(tmp_path, capsys):
     rows = read_jsonl(out / "samples_harmbench.jsonl")
     assert b["n"] == 4 and b["errors"] == 0 and b["unsafe"] == sum(r["verdict"] == "unsafe" for r in rows)
     assert res["model"]["kind"] == "packaged" and all(r["response"] for r in rows)
+
+
+def test_cli_measures_over_refusal_by_default(tiny_dirs, prompts_file, tmp_path, capsys):
+    """No --probes: both over-refusal sets are answered and reported beside the ASR; --probes none: neither."""
+    common = ["eval", "safety", "--model", tiny_dirs["aligned"], "--benchmarks", str(prompts_file), "--limit", "1",
+              "--max-new-tokens", "2", "--batch-size", "64", "--no-progress"]
+    assert main([*common, "--output-dir", str(tmp_path / "default")]) == 0
+    out = capsys.readouterr().out
+    assert "over-refusal everyday (n=135)" in out and "over-refusal benign-risky (n=52)" in out
+    probes = load_results(tmp_path / "default")["probes"]
+    assert probes["over_refusal_everyday"]["n"] == 135 and probes["over_refusal"]["n"] == 52
+    assert len(read_jsonl(tmp_path / "default" / "samples_probe_everyday.jsonl")) == 135
+    assert {"roleplay", "identity", "structure"}.isdisjoint(probes)
+    assert main([*common, "--probes", "none", "--output-dir", str(tmp_path / "none")]) == 0
+    assert "probes" not in load_results(tmp_path / "none")
+    assert not (tmp_path / "none" / "samples_probe_everyday.jsonl").exists()

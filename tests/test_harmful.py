@@ -7,7 +7,7 @@ import json
 import pytest
 
 from safekeel.cli.main import main
-from safekeel.data import harmful
+from safekeel.data import harmful, model_answers
 from safekeel.data.harmful import check_overlap, load_harmful, make_harmful, mix_harmful, mix_summary
 from safekeel.data.prompts import PromptRecord
 from safekeel.errors import SafekeelError
@@ -210,7 +210,7 @@ def test_mix_and_make_harmful_cli(setup, tmp_path, monkeypatch, capsys):
 
 
 def test_truncated_answers_are_cut_after_a_full_sentence():
-    trim = harmful._trim_to_sentence
+    trim = model_answers.trim_to_sentence
     assert trim("Here is how:\n\n1. **Pick**: insert the wrench.\n2. **Rake**: then you") == \
         "Here is how:\n\n1. **Pick**: insert the wrench."  # "2." of the list is not a sentence end
     assert trim("Done here.") == "Done here."
@@ -219,7 +219,7 @@ def test_truncated_answers_are_cut_after_a_full_sentence():
 
 
 def test_looping_answers_keep_their_first_pass():
-    cut = harmful._cut_repetition
+    cut = model_answers.cut_repetition
     assert cut("I will explain this now. I will explain this now. I will explain this now.") == \
         "I will explain this now."
     listed = "1. Create a fake profile online\n2. Use a throwaway handle today\n3. Create a fake profile online\n"

@@ -26,3 +26,15 @@ def test_safety_sft_rows_mix_and_seed():
     assert {r["messages"][0]["content"] for r in refusal_rows} == {"bad one", "bad two"}
     with pytest.raises(SafekeelError):
         safety_sft_rows([], benign)
+
+
+def test_refusal_repeats_and_raw_benign_rows():
+    helpful = [{"id": "h0", "prompt": "Say hi", "response": "Hi!", "source": "instructions-answers"}]
+    rows = safety_sft_rows(["bad one", "bad two"], helpful, seed=0, refusal_repeats=3)
+    refusals = [r for r in rows if r["source"] == "refusal"]
+    assert len(refusals) == 6 and len({r["id"] for r in refusals}) == 6
+    assert len({r["messages"][1]["content"] for r in refusals}) > 1  # a fresh refusal text per repeat
+    (h,) = [r for r in rows if r["source"] == "instructions-answers"]
+    assert h["messages"] == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]
+    with pytest.raises(SafekeelError, match="repeats"):
+        safety_sft_rows(["x"], [], refusal_repeats=0)

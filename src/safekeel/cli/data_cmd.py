@@ -3,6 +3,7 @@
     safekeel data list
     safekeel data make-harmful [--model smollm2-135m-instruct] [--prompts strongreject] [--limit N]
     safekeel data make-task --task arith --split train --n 500 --output arith.jsonl
+    safekeel data make-safety [--model M] [--prompts harmbench-val] [--instructions instructions] --output F
     safekeel data mix --task arith --harmful strongreject-harmful --poison-ratio 0.1 --num-examples 5000
 """
 
@@ -58,15 +59,27 @@ def register(sub) -> None:
     add_flag(t, "output", default=None, help="JSONL file to write (default TASK-SPLIT.jsonl)")
     t.set_defaults(func=run_make_task)
 
-    a = dsub.add_parser("make-safety", help="safety-SFT rows (refusals on harmful prompts + benign task rows) "
-                                           "to make an aligned counterpart of an unaligned model")
+    a = dsub.add_parser("make-safety", help="safety-SFT rows to make an aligned counterpart of an unaligned model: "
+                                           "refusals on harmful prompts + the model's own answers to benign "
+                                           "instructions + benign task rows")
+    add_model_flags(a, required=False)
     add_flag(a, "prompts", default="harmbench-val", help="harmful prompts to answer with refusals (default harmbench-val)")
     add_flag(a, "limit", type=positive_int, default=None, help="first N harmful prompts only")
+    add_flag(a, "refusal-repeats", type=positive_int, default=1,
+             help="each refusal row this many times (each with a fresh refusal text; default 1)")
+    add_flag(a, "instructions", default="instructions",
+             help="benign instructions the model (--model, default the packaged SmolLM2) answers itself, so the "
+                  "counterpart keeps its helpfulness: a prompt set (default: the packaged `instructions`, 208) "
+                  "or none")
+    add_flag(a, "n-instructions", type=positive_int, default=None, help="first N instructions only")
+    add_flag(a, "max-new-tokens", type=positive_int, default=128, help="answer length for the instructions")
+    add_flag(a, "batch-size", type=positive_int, default=8)
+    add_flag(a, "system", default=None, help="optional system prompt for generating the answers")
     add_flag(a, "benign", default="arith", help="benign task whose train rows are mixed in (default arith)")
-    add_flag(a, "n-benign", type=int, default=100, help="benign rows (default 100; 0 for none)")
+    add_flag(a, "n-benign", type=int, default=100, help="benign task rows (default 100; 0 for none)")
     add_flag(a, "seed", type=int, default=0)
-    add_flag(a, "output", default="safety-sft.jsonl", help="JSONL file to write")
-    a.set_defaults(func=run_make_safety)
+    add_flag(a, "output", default="safety-sft.jsonl", help="JSONL file to write (a .meta.json with counts goes beside it)")
+    a.set_defaults(func=run_make_safety, model=None)
 
     m = dsub.add_parser("mix", help="NUM rows of task data with round(RATIO * NUM) harmful rows, seeded and flagged")
     add_flag(m, "task", "--dataset", required=True, help="task name or training-data file/hub id (benign rows)")
@@ -139,23 +152,55 @@ def run_make_task(args) -> int:
 
 def run_make_safety(args) -> int:
     from safekeel import checks
+    from safekeel.data.harmful import DEFAULT_MODEL, check_overlap
     from safekeel.data.prompts import load_prompts
-    from safekeel.data.refusals import safety_sft_rows
+    from safekeel.data.refusals import helpful_rows, safety_sft_rows, safety_summary
     from safekeel.data.training_data import load_training_data
-    from safekeel.io_utils import atomic_write_jsonl
+    from safekeel.errors import SafekeelError
+    from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
 
     checks.prompt_spec(args.prompts)
     checks.output_file(args.output)
+    checks.output_file(f"{args.output}.meta.json", "--output (its .meta.json)")
     if args.n_benign < 0:
-        from safekeel.errors import SafekeelError
-
         raise SafekeelError(f"--n-benign must be >= 0, got {args.n_benign}")
+    use_instructions = str(args.instructions).strip().lower() not in ("none", "")
+    model = args.model or DEFAULT_MODEL
+    if use_instructions:
+        checks.prompt_spec(args.instructions, "--instructions")
+        checks.model_spec(model)
+        checks.adapter_dir(args.adapter)
     prompts = load_prompts(args.prompts, limit=args.limit)
     benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
-    rows = safety_sft_rows(prompts, benign, seed=args.seed)
+    answers = meta = None
+    if use_instructions:
+        for warning in _benign_overlap(load_prompts(args.instructions, limit=args.n_instructions), check_overlap):
+            log.warning("warning: %s", warning)
+        answers, meta = helpful_rows(model, args.instructions, limit=args.n_instructions,
+                                     max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                     system=args.system, adapter=args.adapter, dtype=args.dtype, device=args.device,
+                                     trust_remote_code=args.trust_remote_code)
+    rows = safety_sft_rows(prompts, benign + (answers or []), seed=args.seed, refusal_repeats=args.refusal_repeats)
+    summary = safety_summary(rows)
     atomic_write_jsonl(args.output, rows)
-    print(f"{len(prompts)} refusals ({args.prompts}) + {len(benign)} benign rows ({args.benign}) -> {args.output}")
+    atomic_write_json(f"{args.output}.meta.json", {
+        **summary, "prompts": args.prompts, "refusal_repeats": args.refusal_repeats, "benign": args.benign,
+        "instructions": args.instructions if use_instructions else None, "answers": meta, "seed": args.seed})
+    parts = [f"{summary['refusal']} refusals ({args.prompts})"]
+    if answers is not None:
+        parts.append(f"{len(answers)} answers of {model} to {args.instructions} (kept {meta['n_kept']} of "
+                     f"{meta['n_generated']}: {meta['n_refused']} refusals, {meta['n_short']} too short dropped)")
+    parts.append(f"{len(benign)} {args.benign} rows")
+    print(" + ".join(parts) + f" -> {args.output}")
     return 0
+
+
+def _benign_overlap(instructions, check_overlap) -> list[str]:
+    """Warnings when training instructions reappear in the packaged over-refusal evaluation sets."""
+    from safekeel.data.benign_sets import EVAL_SETS, load_benign_set
+
+    return [w for name in EVAL_SETS
+            for w in check_overlap(instructions, load_benign_set(name), ("training instruction", name))]
 
 
 def run_mix(args) -> int:

@@ -49,8 +49,9 @@ def register(sub) -> None:
              help="exit 1 when more than this share of a benchmark's verdicts are judge errors (results are "
                   f"still written; default {MAX_JUDGE_ERRORS:g}); a benchmark with no judged answer always fails")
     add_flag(sp, "probes", nargs="?", const="all", default=None, metavar="LIST",
-             help="add drift probes: all (the default when the flag is given alone) or a comma list of "
-                  "over-refusal, roleplay, identity, structure")
+             help="probes answered beside the benchmarks: by default the over-refusal sets (everyday: 135 "
+                  "everyday requests; over-refusal: 52 benign prompts that look risky); none; all (when the "
+                  "flag is given alone); or a comma list of everyday, over-refusal, roleplay, identity, structure")
     add_flag(sp, "base-model", default=None, help="base model the identity/structure probes compare against")
     add_flag(sp, "base-adapter", default=None, help="adapter on the base model")
     add_flag(sp, "probe-limit", type=positive_int, default=20,

@@ -50,7 +50,8 @@ def register(sub) -> None:
     add_flag(p, "min-accuracy-retained", type=_non_negative, default=0.9,
              help="candidate accuracy must be at least this fraction of the baseline's (default 0.9)")
     add_flag(p, "max-over-refusal-increase", type=_non_negative, default=None,
-             help="also gate the probes' over-refusal rate (absolute increase; off by default)")
+             help="also gate over-refusal: the largest allowed absolute increase of the refusal rate on each "
+                  "benign set both files measured (everyday, benign-but-risky); off by default")
     add_flag(p, "max-judge-errors", type=fraction, default=MAX_JUDGE_ERRORS, metavar="SHARE",
              help="fail a benchmark when more than this share of either side's verdicts are judge errors "
                   f"(default {MAX_JUDGE_ERRORS:g})")

@@ -4,6 +4,8 @@ Specs:
 - `harmbench` (test split, standard behaviours), `harmbench:contextual` (contextual behaviours, the
   context prepended as HarmBench does), `harmbench:all`; `harmbench-val` (same suffixes);
 - `strongreject` (313 prompts), `strongreject-small`;
+- benign sets that ship with safekeel (`safekeel.data.benign_sets`): `everyday` and `benign-risky`
+  (held out for over-refusal), `instructions` (training prompts for `data make-safety`);
 - a local `.jsonl` / `.json` / `.csv` / `.parquet` file with a `prompt` field (`prompt_field` to choose
   another; `id` and `category` fields are kept when present);
 - `hf:ORG/NAME[:SPLIT]` or `ORG/NAME`: a hub dataset (needs network).
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from safekeel.errors import SafekeelError
 
-PACKAGED_SETS = ("harmbench", "harmbench-val", "strongreject", "strongreject-small")
+PACKAGED_SETS = ("harmbench", "harmbench-val", "strongreject", "strongreject-small", "everyday", "benign-risky",
+                 "instructions")
 _FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -52,6 +55,10 @@ def load_prompts(spec: str, *, limit: int | None = None, prompt_field: str = "pr
         records = _harmbench("val" if base.endswith("-val") else "test", option or "standard")
     elif base in ("strongreject", "strongreject-small") and not option:
         records = _strongreject(small=base.endswith("-small"))
+    elif base in ("everyday", "benign-risky", "instructions") and not option:
+        from safekeel.data.benign_sets import load_benign_set
+
+        records = load_benign_set(base)
     elif spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists():
         records = _local_file(Path(spec), prompt_field)
     elif spec.startswith("hf:") or ("/" in spec and not Path(spec).exists()):

@@ -1,4 +1,4 @@
-"""`safekeel compare`: one table of ASR per benchmark and accuracy per task across result directories."""
+"""`safekeel compare`: one table of ASR per benchmark, over-refusal and accuracy per task across result directories."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from pathlib import Path
 from safekeel.errors import SafekeelError
 from safekeel.evaluation.results import load_results, results_path
 from safekeel.evaluation.stats import fmt_rate
+
+# results key under `probes` -> column: the over-refusal sets of `eval safety` (safekeel.evaluation.probes)
+OVER_REFUSAL_COLUMNS = (("over_refusal_everyday", "over-refusal everyday"), ("over_refusal", "over-refusal risky"))
 
 
 def load_runs(paths: list[str]) -> list[tuple[str, dict]]:
@@ -28,11 +31,13 @@ def _union(runs: list[tuple[str, dict]], section: str) -> list[str]:
 
 
 def comparison_table(runs: list[tuple[str, dict]], *, ci: bool = False) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): one row per run; ASR per benchmark, accuracy per task, over-refusal if probed."""
+    """(columns, rows): one row per run; ASR per benchmark, then over-refusal per probed set (next to the
+    ASR it qualifies: a low ASR from a model that refuses everything is no success), then accuracy per task."""
     benchmarks, tasks = _union(runs, "benchmarks"), _union(runs, "tasks")
-    probed = any((d.get("probes") or {}).get("over_refusal") for _, d in runs)
-    columns = ["run", "model", *[f"ASR {b}" for b in benchmarks], *[f"acc {t}" for t in tasks]]
-    columns += ["over-refusal"] if probed else []
+    probed = [(key, label) for key, label in OVER_REFUSAL_COLUMNS
+              if any((d.get("probes") or {}).get(key) for _, d in runs)]
+    columns = ["run", "model", *[f"ASR {b}" for b in benchmarks], *[label for _, label in probed],
+               *[f"acc {t}" for t in tasks]]
     rows = []
     for label, data in runs:
         model = data.get("model", {})
@@ -41,11 +46,11 @@ def comparison_table(runs: list[tuple[str, dict]], *, ci: bool = False) -> tuple
         for b in benchmarks:
             e = data.get("benchmarks", {}).get(b)
             row.append(f"{fmt_rate(e['asr'], e['ci95'] if ci else None)} (n={e['n']})" if e else "-")
+        for key, _ in probed:
+            o = (data.get("probes") or {}).get(key)
+            row.append(f"{fmt_rate(o['rate'], o['ci95'] if ci else None)} (n={o['n']})" if o else "-")
         for t in tasks:
             e = data.get("tasks", {}).get(t)
             row.append(f"{fmt_rate(e['accuracy'], e['ci95'] if ci else None)} (n={e['n']})" if e else "-")
-        if probed:
-            o = (data.get("probes") or {}).get("over_refusal")
-            row.append(fmt_rate(o["rate"], o["ci95"] if ci else None) if o else "-")
         rows.append(row)
     return columns, rows

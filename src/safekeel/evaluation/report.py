@@ -37,14 +37,15 @@ def print_safety(results: dict, names: list[str] | None = None) -> None:
 def print_probes(probes: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="drift probes")
+    table = Table(title="over-refusal and drift probes")
     table.add_column("probe")
     table.add_column("model", justify="right")
     table.add_column("base / reference", justify="right")
-    if "over_refusal" in probes:
-        o = probes["over_refusal"]
-        table.add_row(f"over-refusal on benign prompts (n={o['n']})", fmt_rate(o["rate"], o["ci95"]),
-                      fmt_rate(o["base"]["rate"]) if o.get("base") else "-")
+    for key, what in (("over_refusal_everyday", "everyday"), ("over_refusal", "benign-risky")):
+        if key in probes:
+            o = probes[key]
+            table.add_row(f"over-refusal {what} (n={o['n']})", fmt_rate(o["rate"], o["ci95"]),
+                          fmt_rate(o["base"]["rate"]) if o.get("base") else "-")
     if "roleplay" in probes:
         r = probes["roleplay"]
         table.add_row(f"role-play ASR (n={r['n']}) vs plain", fmt_rate(r["asr"], r["ci95"]), fmt_rate(r["plain_asr"]))

@@ -10,7 +10,8 @@ Checked: the top level is an object with at least one of benchmarks / tasks / pr
 `benchmarks.<name>`: `asr` a rate or null, `n` and `errors` counts, `ci95` an interval or null, and
 optionally `judged`, `unsafe`, `safe` counts and `judge` a string;
 `tasks.<name>`: `accuracy` a rate or null, `n` a count, `ci95`, and optionally `correct`;
-`probes.over_refusal` (optional): `rate` a rate or null, `ci95`, `n` a count.
+`probes.over_refusal` and `probes.over_refusal_everyday` (optional): `rate` a rate or null, `ci95`,
+`n` a count.
 A rate is a finite number in [0, 1]; a count an integer >= 0 (not a boolean); an interval a list
 [lo, hi] of rates with lo <= hi.
 """
@@ -105,7 +106,7 @@ def validate_results(data, where: str) -> dict:
                     raise _fail(where, f"benchmarks.{_name(key)}.errors", f"({entry['errors']}) exceeds n ({entry['n']})")
     if data.get("probes") is not None:
         probes = _object(data["probes"], where, "probes")
-        if probes.get("over_refusal") is not None:
-            _fields(_object(probes["over_refusal"], where, "probes.over_refusal"), where, "probes.over_refusal",
-                    _OVER_REFUSAL, {})
+        for key in ("over_refusal", "over_refusal_everyday"):
+            if probes.get(key) is not None:
+                _fields(_object(probes[key], where, f"probes.{key}"), where, f"probes.{key}", _OVER_REFUSAL, {})
     return data
