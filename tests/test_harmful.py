@@ -186,7 +186,9 @@ def test_data_list_names_every_task_and_set(capsys):
 
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in [*TASKS, *harmful.HARMFUL_SETS])
+    from safekeel.data.benign_sets import BENIGN_SETS
+
+    assert all(name in out for name in [*TASKS, *harmful.HARMFUL_SETS, *BENIGN_SETS])
 
 
 def test_mix_and_make_harmful_cli(setup, tmp_path, monkeypatch, capsys):

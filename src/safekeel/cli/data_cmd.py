@@ -106,6 +106,11 @@ def run_list(args) -> int:
     print("harmful sets (for `mix --harmful` and as training data):")
     for name, text in HARMFUL_SETS.items():
         print(f"  {name:<21} {text}")
+    from safekeel.data.benign_sets import BENIGN_SETS
+
+    print("benign prompt sets (packaged; `make-safety --instructions`, over-refusal in `eval safety`):")
+    for name, (_, text) in BENIGN_SETS.items():
+        print(f"  {name:<21} {text}")
     return 0
 
 
