@@ -71,7 +71,8 @@ def register(sub) -> None:
              help="benign instructions the model (--model, default the packaged SmolLM2) answers itself, so the "
                   "counterpart keeps its helpfulness: a prompt set (default: the packaged `instructions`, 208) "
                   "or none")
-    add_flag(a, "n-instructions", type=positive_int, default=None, help="first N instructions only")
+    add_flag(a, "n-instructions", type=positive_int, default=None,
+             help="first N instructions only (the packaged set is ordered by topic, 16 per topic)")
     add_flag(a, "max-new-tokens", type=positive_int, default=128, help="answer length for the instructions")
     add_flag(a, "batch-size", type=positive_int, default=8)
     add_flag(a, "system", default=None, help="optional system prompt for generating the answers")
