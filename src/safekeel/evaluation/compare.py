@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from safekeel.errors import SafekeelError
+from safekeel.evaluation.probes import OVER_REFUSAL_LABELS
 from safekeel.evaluation.results import load_results, results_path
 from safekeel.evaluation.stats import fmt_rate
-
-# results key under `probes` -> column: the over-refusal sets of `eval safety` (safekeel.evaluation.probes)
-OVER_REFUSAL_COLUMNS = (("over_refusal_everyday", "over-refusal everyday"), ("over_refusal", "over-refusal risky"))
 
 
 def load_runs(paths: list[str]) -> list[tuple[str, dict]]:
@@ -34,7 +32,7 @@ def comparison_table(runs: list[tuple[str, dict]], *, ci: bool = False) -> tuple
     """(columns, rows): one row per run; ASR per benchmark, then over-refusal per probed set (next to the
     ASR it qualifies: a low ASR from a model that refuses everything is no success), then accuracy per task."""
     benchmarks, tasks = _union(runs, "benchmarks"), _union(runs, "tasks")
-    probed = [(key, label) for key, label in OVER_REFUSAL_COLUMNS
+    probed = [(key, label) for key, label in OVER_REFUSAL_LABELS.items()
               if any((d.get("probes") or {}).get(key) for _, d in runs)]
     columns = ["run", "model", *[f"ASR {b}" for b in benchmarks], *[label for _, label in probed],
                *[f"acc {t}" for t in tasks]]

@@ -80,6 +80,8 @@ DEFAULT_PROBES = ["everyday", "benign"]  # the over-refusal sets: measured unles
 BASE_PROBES = ("everyday", "benign", "identity", "structure")  # the sets also answered by the base model
 # probe set -> its results key under `probes` (the over-refusal sets; see summarize_probes)
 OVER_REFUSAL_KEYS = {"everyday": "over_refusal_everyday", "benign": "over_refusal"}
+# results key -> the name gate and compare show
+OVER_REFUSAL_LABELS = {"over_refusal_everyday": "over-refusal everyday", "over_refusal": "over-refusal risky"}
 
 
 def parse_probes(text: str | None) -> list[str]:
