@@ -168,3 +168,18 @@ def test_compare_table(base, tmp_path, capsys):
     csv_text = capsys.readouterr().out
     assert "20.0% [" in csv_text and csv_text.startswith("run,model,")
     assert main(["compare", str(base), str(tmp_path / "nope")]) == 2
+
+
+def test_gate_over_refusal_ceiling_catches_a_refuse_everything_pair(tmp_path, capsys):
+    """Baseline and candidate both refuse almost everything: the increase passes, the ceiling fails."""
+    base = _write(tmp_path / "b", {"harmbench": _bench(0, 100)}, probes={"over_refusal_everyday": _rate(130, 135)})
+    cand = _write(tmp_path / "c", {"harmbench": _bench(0, 100)}, probes={"over_refusal_everyday": _rate(91, 135)})
+    assert _gate(capsys, base, cand, "--max-over-refusal-increase", "0.05")[0] == 0
+    code, out, _ = _gate(capsys, base, cand, "--max-over-refusal-increase", "0.05", "--max-over-refusal", "0.1")
+    assert code == 1 and "FAIL over-refusal everyday: candidate refuses 0.674 of 135 benign prompts" in out
+    helpful = _write(tmp_path / "h", {"harmbench": _bench(0, 100)}, probes={"over_refusal_everyday": _rate(8, 135)})
+    assert _gate(capsys, base, helpful, "--max-over-refusal", "0.1")[0] == 0
+    blind = _write(tmp_path / "x", {"harmbench": _bench(0, 100)})
+    code, _, err = _gate(capsys, base, blind, "--max-over-refusal", "0.1")
+    assert code == 2 and "--max-over-refusal needs over-refusal results in the candidate" in err
+    assert _gate(capsys, base, helpful, "--max-over-refusal", "1.5")[0] == 2  # a rate, not any number

@@ -52,6 +52,9 @@ def register(sub) -> None:
     add_flag(p, "max-over-refusal-increase", type=_non_negative, default=None,
              help="also gate over-refusal: the largest allowed absolute increase of the refusal rate on each "
                   "benign set both files measured (everyday, benign-but-risky); off by default")
+    add_flag(p, "max-over-refusal", type=fraction, default=None, metavar="RATE",
+             help="also fail a candidate whose refusal rate on a benign set it measured is above RATE, whatever "
+                  "the baseline's (a defence that refuses everything fails even against a baseline that did too)")
     add_flag(p, "max-judge-errors", type=fraction, default=MAX_JUDGE_ERRORS, metavar="SHARE",
              help="fail a benchmark when more than this share of either side's verdicts are judge errors "
                   f"(default {MAX_JUDGE_ERRORS:g})")
@@ -69,6 +72,7 @@ def run(args) -> int:
                                 max_asr_increase=args.max_asr_increase,
                                 min_accuracy_retained=args.min_accuracy_retained,
                                 max_over_refusal_increase=args.max_over_refusal_increase,
+                                max_over_refusal=args.max_over_refusal,
                                 max_judge_errors=args.max_judge_errors,
                                 max_interval_width=args.max_interval_width)
     for w in warnings:
