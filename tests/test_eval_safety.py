@@ -148,7 +148,7 @@ def test_samples_and_results(bench, tmp_path):
 
 def test_resume_skips_stored_answers_and_rejudges_only(bench, tmp_path):
     out = tmp_path / "run"
-    cfg = SafetyConfig([str(bench)], progress=False)
+    cfg = SafetyConfig([str(bench)], probes=[], progress=False)  # counts generation calls
     run_safety_eval(FakeGenerator(), get_judge("keyword"), out, cfg)
     # full resume: nothing generated, nothing judged again
     gen, judge = FakeGenerator(), CountingJudge("keyword")
@@ -167,7 +167,7 @@ def test_resume_skips_stored_answers_and_rejudges_only(bench, tmp_path):
 
 def test_interrupted_run_resumes(bench, tmp_path):
     out = tmp_path / "run"
-    cfg = SafetyConfig([str(bench)], progress=False)
+    cfg = SafetyConfig([str(bench)], probes=[], progress=False)  # counts generation calls
     with pytest.raises(KeyboardInterrupt):
         run_safety_eval(FakeGenerator(fail_after=1), get_judge("keyword"), out, cfg)
     saved = read_jsonl(out / "samples_mybench.jsonl")
@@ -466,3 +466,9 @@ def test_cli_measures_over_refusal_by_default(tiny_dirs, prompts_file, tmp_path,
     assert main([*common, "--probes", "none", "--output-dir", str(tmp_path / "none")]) == 0
     assert "probes" not in load_results(tmp_path / "none")
     assert not (tmp_path / "none" / "samples_probe_everyday.jsonl").exists()
+
+
+def test_library_default_measures_over_refusal(bench, tmp_path):
+    """The Python API follows the CLI: an ASR comes with over-refusal unless probes=[] is asked for."""
+    res = run_safety_eval(FakeGenerator(), get_judge("keyword"), tmp_path / "r", SafetyConfig([str(bench)], progress=False))
+    assert res["probes"]["over_refusal_everyday"]["n"] == 135 and res["probes"]["over_refusal"]["n"] == 52

@@ -146,7 +146,7 @@ def test_task_and_safety_share_results(tmp_path):
 
     bench = tmp_path / "b.jsonl"
     bench.write_text(json.dumps({"id": "x", "prompt": "What is 1 + 1?"}) + "\n")
-    run_safety_eval(FakeGenerator(), get_judge("keyword"), tmp_path / "r", SafetyConfig([str(bench)], progress=False))
+    run_safety_eval(FakeGenerator(), get_judge("keyword"), tmp_path / "r", SafetyConfig([str(bench)], probes=[], progress=False))
     res = run_task_eval(FakeGenerator(), FakeTask(), tmp_path / "r", TaskConfig(progress=False))
     assert set(res["benchmarks"]) == {"b"} and set(res["tasks"]) == {"fakearith"} and len(res["runs"]) == 2
     from safekeel.evaluation.results import load_results

@@ -38,7 +38,8 @@ class SafetyConfig:
     limit: int | None = None
     prompt_field: str = "prompt"
     system: str | None = None
-    probes: list[str] = field(default_factory=list)  # probe set names (see probes.parse_probes); [] = none
+    # probe set names (see probes.parse_probes): over-refusal by default, as on the command line; [] = none
+    probes: list[str] = field(default_factory=lambda: list(P.DEFAULT_PROBES))
     probe_limit: int = 20
     rejudge: bool = False
     overwrite: bool = False
