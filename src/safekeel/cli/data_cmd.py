@@ -158,7 +158,8 @@ def run_make_task(args) -> int:
 
 def run_make_safety(args) -> int:
     from safekeel import checks
-    from safekeel.data.harmful import DEFAULT_MODEL, check_overlap
+    from safekeel.data.benign_sets import held_out_overlap
+    from safekeel.data.harmful import DEFAULT_MODEL
     from safekeel.data.prompts import load_prompts
     from safekeel.data.refusals import helpful_rows, safety_sft_rows, safety_summary
     from safekeel.data.training_data import load_training_data
@@ -180,7 +181,8 @@ def run_make_safety(args) -> int:
     benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
     answers = meta = None
     if use_instructions:
-        for warning in _benign_overlap(load_prompts(args.instructions, limit=args.n_instructions), check_overlap):
+        for warning in held_out_overlap(load_prompts(args.instructions, limit=args.n_instructions),
+                                        "training instruction", "{}"):
             log.warning("warning: %s", warning)
         answers, meta = helpful_rows(model, args.instructions, limit=args.n_instructions,
                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -199,14 +201,6 @@ def run_make_safety(args) -> int:
     parts.append(f"{len(benign)} {args.benign} rows")
     print(" + ".join(parts) + f" -> {args.output}")
     return 0
-
-
-def _benign_overlap(instructions, check_overlap) -> list[str]:
-    """Warnings when training instructions reappear in the packaged over-refusal evaluation sets."""
-    from safekeel.data.benign_sets import EVAL_SETS, load_benign_set
-
-    return [w for name in EVAL_SETS
-            for w in check_overlap(instructions, load_benign_set(name), ("training instruction", name))]
 
 
 def run_mix(args) -> int:

@@ -30,10 +30,6 @@ BENIGN_SETS: dict[str, tuple[str, str]] = {  # name -> (resource file, descripti
 EVAL_SETS = ("everyday", "benign-risky")  # what training data must stay clear of
 
 
-def is_benign_set(spec: str) -> bool:
-    return str(spec).strip().lower() in BENIGN_SETS
-
-
 def load_benign_set(name: str) -> list[PromptRecord]:
     """The records of a packaged benign set (`BENIGN_SETS`); SafekeelError on an unknown name."""
     key = str(name).strip().lower()
@@ -42,3 +38,13 @@ def load_benign_set(name: str) -> list[PromptRecord]:
     text = resources.files("safekeel").joinpath("resources", BENIGN_SETS[key][0]).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [PromptRecord(r["id"], r["prompt"], r.get("category", "benign"), key) for r in rows]
+
+
+def held_out_overlap(prompts, what: str, label: str = "over-refusal evaluation ({})") -> list[str]:
+    """Warnings (empty when clear) for `prompts` (strings, records or rows) that reappear in a held-out
+    over-refusal set (`EVAL_SETS`): over-refusal measured on trained prompts says nothing. `label` names
+    the set in the warning (`{}` is its name)."""
+    from safekeel.data.harmful import check_overlap
+
+    return [w for name in EVAL_SETS
+            for w in check_overlap(prompts, load_benign_set(name), (what, label.format(name)))]

@@ -106,7 +106,9 @@ def validate_results(data, where: str) -> dict:
                     raise _fail(where, f"benchmarks.{_name(key)}.errors", f"({entry['errors']}) exceeds n ({entry['n']})")
     if data.get("probes") is not None:
         probes = _object(data["probes"], where, "probes")
-        for key in ("over_refusal", "over_refusal_everyday"):
+        from safekeel.evaluation.probes import OVER_REFUSAL_LABELS
+
+        for key in OVER_REFUSAL_LABELS:
             if probes.get(key) is not None:
                 _fields(_object(probes[key], where, f"probes.{key}"), where, f"probes.{key}", _OVER_REFUSAL, {})
     return data

@@ -56,22 +56,16 @@ def overlap_warnings(rows: list[dict], sets: str | None, identification_set: str
     """Warnings when the harmful training prompts reappear in evaluation or identification prompt sets,
     and when any training prompt reappears in the held-out over-refusal sets (`everyday`, `benign-risky`,
     packaged, so always checked): over-refusal measured on trained prompts says nothing."""
-    from safekeel.data.benign_sets import EVAL_SETS, load_benign_set
+    from safekeel.data.benign_sets import held_out_overlap
     from safekeel.data.harmful import check_overlap
     from safekeel.data.prompts import load_prompts
 
-    warnings = []
-    for name in EVAL_SETS:
-        warnings += check_overlap(rows, load_benign_set(name), names=("training", f"over-refusal evaluation ({name})"))
+    warnings = held_out_overlap(rows, "training")
     bad = [r for r in rows if r.get("harmful")]
     names = [s.strip() for s in (sets or "").split(",") if s.strip() and s.strip().lower() != "none"]
     if identification_set and identification_set not in names:
         names.append(identification_set)
-    if not bad or not names:
-        for w in warnings:
-            log.warning("%s", w)
-        return warnings
-    for name in names:
+    for name in names if bad else []:
         try:
             prompts = load_prompts(name)
         except Exception as exc:  # noqa: BLE001 - a set that cannot be loaded offline must not stop training
