@@ -65,7 +65,7 @@ def make_setup(args, root: Path) -> dict:
     """Model directory (or packaged name), tokens artifact and data file shared by every mode."""
     import torch
 
-    from safekeel.training.fixtures import tiny_tokens
+    from safekeel.testing import tiny_tokens
 
     if args.tiny:
         from safekeel.testing import build_tokenizer, save_tiny

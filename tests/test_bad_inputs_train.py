@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from safekeel.locking import LOCK_NAME
-from safekeel.training.fixtures import tiny_setup
+from safekeel.testing import tiny_setup
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from safekeel.errors import SafekeelError
-from safekeel.testing import build_model
+from safekeel.testing import build_model, tiny_config, tiny_rows, tiny_setup, tiny_tokens
 from safekeel.training import cache as cache_mod
 from safekeel.training.collate import Collator, encode_rows
-from safekeel.training.fixtures import tiny_config, tiny_rows, tiny_setup, tiny_tokens
 from safekeel.training.reference import SafetyReference
 from safekeel.training.run import prepare
 

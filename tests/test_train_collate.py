@@ -5,9 +5,8 @@ import torch
 
 from safekeel.chat import assistant_header, format_prompt
 from safekeel.errors import SafekeelError
-from safekeel.testing import build_model
+from safekeel.testing import build_model, tiny_rows
 from safekeel.training.collate import Collator, encode_rows, header_ids
-from safekeel.training.fixtures import tiny_rows
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import textwrap
 
 import pytest
 
-from safekeel.training.fixtures import tiny_setup
+from safekeel.testing import tiny_setup
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from safekeel.training.fixtures import tiny_config
+    from safekeel.testing import tiny_config
     from safekeel.training.run import train
     setup = {"model": sys.argv[1], "data": sys.argv[2], "tokens": sys.argv[3]}
     train(tiny_config(setup, sys.argv[4], max_steps=2, per_device_train_batch_size=int(sys.argv[5]),

@@ -12,8 +12,8 @@ import pytest
 from safekeel.cli.main import main
 from safekeel.errors import SafekeelError
 from safekeel.locking import LOCK_NAME, RunLock
+from safekeel.testing import tiny_config, tiny_setup
 from safekeel.training.checkpoints import OPTIONS_FILE, differences
-from safekeel.training.fixtures import tiny_config, tiny_setup
 from safekeel.training.run import train
 
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from safekeel.errors import SafekeelError
-from safekeel.testing import build_model
+from safekeel.testing import build_model, tiny_rows, tiny_tokens
 from safekeel.training.collate import Collator, encode_rows
-from safekeel.training.fixtures import tiny_rows, tiny_tokens
 from safekeel.training.reference import NaiveReference, SafetyReference, gather_frame
 
 

@@ -8,7 +8,7 @@ import torch
 
 from safekeel.cli.main import main
 from safekeel.errors import SafekeelError
-from safekeel.training.fixtures import tiny_config, tiny_rows, tiny_setup, tiny_tokens
+from safekeel.testing import tiny_config, tiny_rows, tiny_setup, tiny_tokens
 from safekeel.training.run import prepare, train
 
 
