@@ -4,8 +4,11 @@ import pytest
 
 from safekeel.cli.main import build_parser
 from safekeel.cli.train_cmd import flat_options
+from safekeel.defences.pact import PactOptions
 from safekeel.errors import SafekeelError
-from safekeel.training.config import PRESETS, build_config
+from safekeel.training.config import build_config
+
+PRESETS = PactOptions.PRESETS
 
 REQ = {"model": "m", "dataset": "d", "output_dir": "o", "tokens": "t.json"}
 
@@ -16,7 +19,7 @@ def parse(argv):
 
 def test_paper_defaults():
     cfg = build_config(REQ)
-    p, t, lo = cfg.pact, cfg.training, cfg.lora
+    p, t, lo = cfg.defence, cfg.training, cfg.lora
     assert cfg.method == "pact" and p.preset == "paper"
     assert (p.lambda_kl, p.n, p.tau, p.threshold, p.temperature, p.gate_scale, p.gate_bias) == (3.0, 8, 8.0, 0.9, 1.0, 1.0, 0.0)
     assert p.weights and p.calibration and p.decay and not p.safety_mass and p.kl_scope == "safety"
@@ -27,10 +30,10 @@ def test_paper_defaults():
 
 def test_reference_code_preset_and_overrides():
     cfg = build_config({**REQ, "preset": "reference-code"})
-    assert (cfg.pact.temperature, cfg.pact.gate_scale, cfg.pact.gate_bias) == (2.0, 2.0, 0.0)
+    assert (cfg.defence.temperature, cfg.defence.gate_scale, cfg.defence.gate_bias) == (2.0, 2.0, 0.0)
     assert PRESETS["reference-code"]["n"] == 8 and PRESETS["reference-code"]["tau"] == 8.0
     cfg = build_config({**REQ, "preset": "reference-code", "gate_bias": 0.1, "temperature": 1, "safety_mass": "on"})
-    assert cfg.pact.gate_bias == 0.1 and cfg.pact.temperature == 1.0 and cfg.pact.safety_mass
+    assert cfg.defence.gate_bias == 0.1 and cfg.defence.temperature == 1.0 and cfg.defence.safety_mass
 
 
 def test_dash_and_underscore_flags_are_the_same():
@@ -42,19 +45,20 @@ def test_dash_and_underscore_flags_are_the_same():
                "safety", "--gate_scale", "3", "--bf16", "true", "--lora_r", "16", "--num_train_epochs", "1"])
     assert a.to_dict() == b.to_dict()
     assert a.training.max_steps == 7 and a.training.learning_rate == 1e-4 and a.training.bf16
-    assert a.pact.lambda_kl == 5.0 and a.pact.gate_scale == 3.0 and a.lora.lora_r == 16
+    assert a.defence.lambda_kl == 5.0 and a.defence.gate_scale == 3.0 and a.lora.lora_r == 16
 
 
 def test_ablation_switches():
     cfg = parse(["--model", "m", "--dataset", "d", "--output-dir", "o", "--tokens", "t", "--weights", "off",
                  "--calibration", "on", "--decay", "off", "--safety-mass", "on"])
-    assert not cfg.pact.weights and cfg.pact.calibration and not cfg.pact.decay and cfg.pact.safety_mass
-    assert cfg.pact.post_positions() is None  # no decay: the no-prompt view covers every answer position
+    assert not cfg.defence.weights and cfg.defence.calibration and not cfg.defence.decay and cfg.defence.safety_mass
+    assert cfg.defence.post_positions() is None  # no decay: the no-prompt view covers every answer position
     rung1 = build_config({**REQ, "kl_scope": "full"})
-    assert (rung1.pact.weights, rung1.pact.calibration, rung1.pact.decay) == (False, False, False)
-    assert rung1.pact.post_positions() == 0
-    assert build_config({**REQ, "method": "kl", "tokens": None}).pact.kl_scope == "full"
-    assert build_config({**REQ, "calibration": False}).pact.post_positions() == 0
+    assert (rung1.defence.weights, rung1.defence.calibration, rung1.defence.decay) == (False, False, False)
+    assert rung1.defence.post_positions() == 0
+    kl = build_config({**REQ, "method": "kl", "tokens": None}).defence  # the kl defence's own options
+    assert (kl.lambda_kl, kl.temperature) == (3.0, 1.0) and not hasattr(kl, "kl_scope")
+    assert build_config({**REQ, "calibration": False}).defence.post_positions() == 0
 
 
 def test_yaml_config_and_flags_override(tmp_path):
@@ -64,9 +68,9 @@ def test_yaml_config_and_flags_override(tmp_path):
                          "save_strategy: steps\n")
     cfg = parse(["--config", str(yaml_file), "--max_steps", "3", "--lambda", "4"])
     assert cfg.training.learning_rate == 1e-4 and cfg.training.max_steps == 3
-    assert cfg.pact.weights is False and cfg.pact.preset == "reference-code" and cfg.pact.temperature == 2.0
-    assert cfg.pact.lambda_kl == 4.0
-    assert cfg.training.extra == {"save_strategy": "steps"}  # other TrainingArguments fields pass through
+    assert cfg.defence.weights is False and cfg.defence.preset == "reference-code" and cfg.defence.temperature == 2.0
+    assert cfg.defence.lambda_kl == 4.0
+    assert cfg.training["save_strategy"] == "steps"  # other TrainingArguments fields pass through
 
 
 @pytest.mark.parametrize("flat, message", [

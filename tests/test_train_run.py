@@ -52,7 +52,7 @@ def test_train_writes_adapter_logs_and_run_record(setup, tmp_path):
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
     run = json.loads((tmp_path / "safekeel_run.json").read_text())
     assert run["status"] == "done" and run["global_step"] == 2
-    assert run["options"]["pact"]["lambda_kl"] == 3.0 and run["options"]["method"] == "pact"
+    assert run["options"]["defence"]["lambda_kl"] == 3.0 and run["options"]["method"] == "pact"
     assert run["data"]["rows"] == 8 and run["data"]["harmful_rows"] == 3
     assert run["tokens"]["k"] == 8 and run["reference"]["mode"] == "cache" and run["model"]["sha256"]
     from safekeel.models.loader import load_model
@@ -94,7 +94,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(setup, tmp_path):
 
 
 def test_report_to_tensorboard_needs_the_package(setup, tmp_path):
-    from safekeel.training.run import training_arguments
+    from safekeel.training.arguments import training_arguments
 
     cfg = tiny_config(setup, tmp_path, report_to="tensorboard")
     try:

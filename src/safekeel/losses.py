@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["answer_positions", "answer_token_terms", "dispersion", "full_vocab_kl", "pact_kl"]
+__all__ = ["answer_positions", "answer_token_terms", "dispersion", "full_vocab_kl", "gather_frame", "pact_kl"]
+
+
+def gather_frame(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, L, D] at columns index [B, A] -> [B, A, D] (the answer frame of collate.py)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def _up(x: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "safekeel.cli.generate_cmd",
     "safekeel.cli.tokens_cmd",
     "safekeel.cli.data_cmd",
+    "safekeel.cli.methods_cmd",
     "safekeel.cli.train_cmd",
     "safekeel.cli.eval_cmd",
     "safekeel.cli.gate_cmd",

@@ -121,9 +121,12 @@ def load_model(
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
     is_trainable: bool = False,
+    quantization_config=None,
 ):
     """Load (model, tokenizer). The model is in eval mode on `device`; an `adapter` (PEFT directory)
-    is attached on top (merged into the weights when `merge_adapter`)."""
+    is attached on top (merged into the weights when `merge_adapter`). `quantization_config` (a
+    transformers `BitsAndBytesConfig`, QLoRA) loads quantised weights straight onto `device`; a GGUF
+    model is converted to safetensors first, as always."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(spec)
@@ -131,12 +134,19 @@ def load_model(
     torch_dtype = pick_dtype(dtype, dev)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     converted = usable_converted_dir(source)
+    quant = {"quantization_config": quantization_config, "device_map": {"": dev}} if quantization_config else {}
     try:
+        if converted is None and source.gguf_file and quant:  # quantise from the converted copy, made now
+            full = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype,
+                                                        **_hub_kwargs(source, trust_remote_code))
+            _save_converted(full, tokenizer, converted_dir(source))
+            del full
+            converted = usable_converted_dir(source)
         if converted is not None:  # a GGUF converted once to safetensors: seconds instead of a minute
-            model = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch_dtype, **quant)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                source.path, dtype=torch_dtype, **_hub_kwargs(source, trust_remote_code)
+                source.path, dtype=torch_dtype, **_hub_kwargs(source, trust_remote_code), **quant
             )
             if source.gguf_file and os.environ.get("SAFEKEEL_NO_CONVERT") != "1":
                 _save_converted(model, tokenizer, converted_dir(source))
@@ -148,7 +158,8 @@ def load_model(
             model = model.merge_and_unload()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(dev)
+    if not quant:  # quantised weights were placed by device_map and cannot be moved
+        model.to(dev)
     model.eval()
     model.safekeel_source = source  # read by fingerprints
     model.safekeel_adapter = adapter

@@ -1,19 +1,13 @@
-"""`safekeel train`: SFT, the full-vocabulary KL baseline and PACT on top of the transformers Trainer.
+"""`safekeel train`: fine-tuning with a registered defence (safekeel/defences/) on the transformers Trainer.
 
-Modules: `config` (options and presets), `collate` (tokenisation, the two views), `reference` (reference
-logits on the safety rows only), `cache` (the one-off, checksummed reference cache), `methods` (the method
-registry), `trainer` (the Trainer subclass), `data` (rows and the harmful mix), `guard` (argument checks
-before any load; what `--output-dir` may hold, `--overwrite`), `checkpoints` (complete checkpoints and
-their options for `--resume`), `run` (`train(config)`, under the output directory's lock).
+Modules: `config` (options, declared once; flags and YAML keys derive from them), `collate` (tokenisation,
+the two views), `reference` (reference logits on the safety rows only), `cache` (the one-off, checksummed
+reference cache), `trainer` (the Trainer subclass that runs the defence's hooks), `data_plan` (the batch
+sampler of a defence's data plan), `data` (rows and the harmful mix), `guard` (argument checks before any
+load; what `--output-dir` may hold, `--overwrite`), `checkpoints` (complete checkpoints and their options
+for `--resume`), `run` (`train(config)`, under the output directory's lock).
 """
 
-from safekeel.training.config import (
-    PRESETS,
-    LoraOptions,
-    PactOptions,
-    RunConfig,
-    TrainingOptions,
-    build_config,
-)
+from safekeel.training.config import LoraOptions, RunConfig, TrainingOptions, build_config
 
-__all__ = ["PRESETS", "LoraOptions", "PactOptions", "RunConfig", "TrainingOptions", "build_config"]
+__all__ = ["LoraOptions", "RunConfig", "TrainingOptions", "build_config"]

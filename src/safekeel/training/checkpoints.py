@@ -24,6 +24,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from safekeel.errors import SafekeelError
+from safekeel.training.config import RunConfig, resume_value  # noqa: F401 - resume_value re-exported
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,6 @@ def run_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def resume_value(value) -> str | bool | None:
-    """None (start anew), True (the latest complete checkpoint in output_dir) or a checkpoint path."""
-    if value in (None, False) or (isinstance(value, str) and value.strip().lower() in ("", "false", "no", "off")):
-        return None
-    if value is True or str(value).strip().lower() in ("true", "auto", "last", "latest", "yes", "on"):
-        return True
-    return str(value)
-
-
 def resolve(resume, output_dir: str | Path) -> tuple[str | None, list[tuple[Path, str]]]:
     """(checkpoint path or None, [(skipped incomplete checkpoint, why)]) for `resume_value(cfg.resume)`.
 
@@ -185,7 +177,7 @@ def flatten(options: dict) -> dict:
     """{flat option name: value} (the CLI's names) from a nested `RunConfig.to_dict()`."""
     out = {}
     for key, value in options.items():
-        if isinstance(value, dict) and key in ("pact", "lora", "training"):
+        if isinstance(value, dict) and key in ("defence", "pact", "lora", "training"):  # "pact": older records
             for name, inner in value.items():
                 if name == "extra" and isinstance(inner, dict):
                     out.update(inner)
@@ -198,8 +190,6 @@ def flatten(options: dict) -> dict:
 
 def differences(old: dict, new: dict) -> list[str]:
     """'name old -> new' for each option that changes the training (see IGNORED)."""
-    from safekeel.training.config import RunConfig
-
     defaults = flatten(RunConfig().to_dict())  # a key an older record lacks had its default then
     a, b = flatten(old), flatten(new)
     out = []

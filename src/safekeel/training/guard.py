@@ -63,8 +63,8 @@ def read_tokens(path: str):
         raise SafekeelError(f"--tokens {path} is not a valid safety-token file ({type(exc).__name__}: {why})") from None
 
 
-def _dataset_spec(spec: str) -> None:
-    """The `--dataset` forms `load_training_data` accepts, checked without loading (files must exist)."""
+def _dataset_spec(spec: str, flag: str = "--dataset") -> None:
+    """The `--dataset` (or `--safety-data`) forms `load_training_data` accepts, checked without loading (files must exist)."""
     from safekeel.data.harmful import is_harmful_set
     from safekeel.data.training_data import _FILE_SUFFIXES
     from safekeel.tasks import is_task_name
@@ -73,29 +73,36 @@ def _dataset_spec(spec: str) -> None:
     if is_task_name(spec) or is_harmful_set(spec):
         return
     if spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
-        checks.input_file(spec, "--dataset")
+        checks.input_file(spec, flag)
         from safekeel.data.prompts import read_rows
 
         if not read_rows(Path(spec)):  # reading a local file is cheap; an empty one fails before the model loads
-            raise SafekeelError(f"--dataset {spec} is empty")
+            raise SafekeelError(f"{flag} {spec} is empty")
     elif not (spec.startswith("hf:") or spec.count("/") == 1):
-        raise SafekeelError(f"--dataset: unknown training data {spec!r}: use a task name, a harmful set, a "
+        raise SafekeelError(f"{flag}: unknown training data {spec!r}: use a task name, a harmful set, a "
                             ".jsonl/.csv/.parquet file or a hub dataset id")
 
 
 def check_arguments(cfg) -> None:
     """The cheap argument checks (no download, no model, no data rows)."""
     from safekeel.data.harmful import check_harmful_spec
-    from safekeel.training.run import training_arguments
+    from safekeel.training.arguments import training_arguments
 
     out = checks.output_dir(cfg.output_dir)
     model = checks.model_spec(cfg.model)
     if Path(model).is_dir() and _inside(Path(model), out):
         raise SafekeelError(f"--output-dir {cfg.output_dir} contains the model being trained ({model}); "
                             "write the run elsewhere")
+    from safekeel.defences.registry import defence_class
+
+    defence = defence_class(cfg.method)(cfg.defence)
+    defence.check(cfg)  # its missing inputs, one line
     if cfg.tokens:
-        art = read_tokens(cfg.tokens)
-        art.top(cfg.pact.k or min(50, art.k))  # --k larger than the artifact
+        defence.select_tokens(read_tokens(cfg.tokens))  # --k larger than the artifact
+    if cfg.base:
+        checks.model_spec(cfg.base, "--base")
+    if cfg.safety_data:
+        _dataset_spec(cfg.safety_data, "--safety-data")
     _dataset_spec(cfg.dataset)
     if cfg.harmful:
         check_harmful_spec(cfg.harmful)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from safekeel.errors import SafekeelError
+from safekeel.losses import gather_frame
 
 _LSE_CHUNK_ELEMENTS = 1 << 24  # [N, chunk] float32 block of the chunked log-sum-exp: 64 MiB
 
@@ -59,11 +60,6 @@ def head_rows(model, ids: Tensor) -> tuple[Tensor, Tensor | None]:
 def softcap(z: Tensor, config) -> Tensor:
     cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(z / cap) * cap if cap else z
-
-
-def gather_frame(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, L, D] at columns index [B, A] -> [B, A, D]."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class SafetyReference:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from safekeel.errors import SafekeelError
+from safekeel.training.arguments import training_arguments
 from safekeel.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -52,62 +53,13 @@ class Prepared:
     reference: str
     cache_dir: str | None
     cache_seconds: float
-
-
-def training_arguments(cfg: RunConfig):
-    from transformers import TrainingArguments
-
-    t = cfg.training
-    report = [r.strip() for r in str(t.report_to).split(",") if r.strip()]
-    _check_reporters(report)
-    kwargs = {
-        "output_dir": cfg.output_dir, "learning_rate": t.learning_rate, "num_train_epochs": t.num_train_epochs,
-        "per_device_train_batch_size": t.per_device_train_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps, "max_steps": t.max_steps,
-        "logging_steps": t.logging_steps, "save_steps": t.save_steps, "save_total_limit": t.save_total_limit,
-        "report_to": report or "none", "seed": t.seed, "bf16": t.bf16, "fp16": t.fp16, "warmup_steps": t.warmup_steps,
-        "lr_scheduler_type": t.lr_scheduler_type, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-        "optim": t.optim,
-        "dataloader_num_workers": t.dataloader_num_workers, "disable_tqdm": t.disable_tqdm,
-        "remove_unused_columns": False,
-        "label_names": ["labels"], "use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
-    }
-    if t.gradient_checkpointing:  # TRL's name; transformers 5 calls it activation checkpointing
-        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
-    kwargs.update(t.extra)
-    try:
-        return TrainingArguments(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
-
-
-# --report-to integrations and the package each needs (transformers raises a RuntimeError from deep
-# inside the Trainer otherwise, after the model is loaded)
-_REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
-              "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",),
-              "neptune": ("neptune",), "codecarbon": ("codecarbon",), "trackio": ("trackio",),
-              "swanlab": ("swanlab",), "aim": ("aim",), "azure_ml": ("azureml",), "flyte": ("flytekit",),
-              "dagshub": ("dagshub",)}
-
-
-def _check_reporters(report: list[str]) -> None:
-    import importlib.util
-
-    for name in report:
-        if name in ("none", "all"):
-            continue
-        if name not in _REPORTERS:
-            raise SafekeelError(f"--report-to: unknown integration {name!r}; use none or one of "
-                                f"{', '.join(sorted(_REPORTERS))}")
-        if not any(importlib.util.find_spec(m) for m in _REPORTERS[name]):
-            extra = ' (or pip install -e ".[tensorboard]")' if name == "tensorboard" else ""
-            raise SafekeelError(f"--report-to {name} needs the {_REPORTERS[name][0]} package: "
-                                f"pip install {_REPORTERS[name][0]}{extra}")
+    context: object = None  # the defence's TrainContext (after_train gets it)
 
 
 def load_for_training(cfg: RunConfig, args):
-    """(model, tokenizer) on the rank's device; QLoRA loads 4-bit weights (GPU + bitsandbytes)."""
-    from safekeel.models.loader import load_model, load_tokenizer, pick_dtype, resolve_source
+    """(model, tokenizer) on the rank's device through the one loader (GGUF conversion, one-line errors);
+    QLoRA loads 4-bit weights (GPU + bitsandbytes) and prepares them for k-bit training."""
+    from safekeel.models.loader import load_model, pick_dtype
 
     if not cfg.lora.load_in_4bit:
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
@@ -120,18 +72,16 @@ def load_for_training(cfg: RunConfig, args):
     if not torch.cuda.is_available():
         raise SafekeelError("--load-in-4bit (QLoRA) needs a CUDA GPU")
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    source = resolve_source(cfg.model)
-    dtype = pick_dtype(cfg.dtype, args.device)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype)
-    kw = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(source.path, quantization_config=quant, dtype=dtype,
-                                                 device_map={"": args.device}, trust_remote_code=cfg.trust_remote_code, **kw)
+                               bnb_4bit_compute_dtype=pick_dtype(cfg.dtype, args.device))
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=str(args.device), quantization_config=quant,
+                            trust_remote_code=cfg.trust_remote_code)
+    source = model.safekeel_source
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
     model.safekeel_source, model.safekeel_adapter = source, None
-    return model, load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+    return model, tok
 
 
 def add_lora(model, cfg: RunConfig):
@@ -148,19 +98,18 @@ def add_lora(model, cfg: RunConfig):
         raise SafekeelError(f"--lora-target-modules {lo.lora_target_modules}: {str(exc).splitlines()[0]}") from None
 
 
-def load_tokens(cfg: RunConfig, tokenizer):
-    """The safety tokens cut to the top K (None when neither needed nor given)."""
+def load_tokens(cfg: RunConfig, tokenizer, defence):
+    """The safety tokens the defence uses (its top K), or None when none were given."""
     if not cfg.tokens:
         return None
     from safekeel.training.guard import read_tokens
 
     art = read_tokens(cfg.tokens)
     art.check_tokenizer(tokenizer)
-    k = cfg.pact.k or min(50, art.k)
-    if cfg.method == "pact" and art.preset != cfg.pact.preset:
-        log.warning("the safety tokens were identified with preset %s; training uses preset %s", art.preset,
-                    cfg.pact.preset)
-    return art.top(k)
+    preset = getattr(cfg.defence, "preset", None)
+    if preset is not None and art.preset != preset:
+        log.warning("the safety tokens were identified with preset %s; training uses preset %s", art.preset, preset)
+    return defence.select_tokens(art)
 
 
 def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = True) -> Prepared:
@@ -169,38 +118,49 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     No checks of `output_dir` and no lock here (tests and benchmarks reuse directories): `train` adds them."""
     from transformers import set_seed
 
+    from safekeel.defences.base import TrainContext
+    from safekeel.defences.registry import defence_class
     from safekeel.fingerprint import file_fingerprint, model_fingerprint, tokenizer_fingerprint
     from safekeel.training import cache as cache_mod
     from safekeel.training.checkpoints import RecordOptions
     from safekeel.training.collate import Collator, ExampleDataset, encode_rows
     from safekeel.training.data import load_rows
-    from safekeel.training.methods import MethodContext, get_method
     from safekeel.training.reference import NaiveReference, SafetyReference
     from safekeel.training.trainer import JsonlLogger, SafekeelTrainer
 
     # transformers' own Trainer calls its deprecated alias every step; not the user's concern
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    defence = defence_class(cfg.method)(cfg.defence)
+    defence.check(cfg)
     args = training_arguments(cfg)
     set_seed(cfg.training.seed)
-    method = get_method(cfg.method, cfg.pact)
     model, tok = load_for_training(cfg, args)
-    tokens = load_tokens(cfg, tok)
+    tokens = load_tokens(cfg, tok, defence)
     rows, data_summary = load_rows(cfg, identification_set=(tokens.meta.get("prompt_set") if tokens else None))
-    post = cfg.pact.post_positions() if method.reference == "safety" else 0
-    examples, enc_summary = encode_rows(tok, rows, max_length=_fit_context(cfg.training.max_length, model, tok),
-                                        post_positions=post)
-    method.prepare(MethodContext(tokens=tokens, device=args.device))
+    out = Path(cfg.output_dir)
+    ctx = TrainContext(config=cfg, model=model, tokenizer=tok, rows=rows, tokens=tokens, device=args.device,
+                       args=args, output_dir=out)
+    defence.setup(ctx)
+    plan = defence.data_plan(ctx)
+    post = defence.post_positions() if defence.reference == "safety" else 0
+    max_length = _fit_context(cfg.training.max_length, model, tok)
+    examples, enc_summary = encode_rows(tok, rows, max_length=max_length, post_positions=post)
+    ranges = {"main": range(len(examples))}
+    for name, source_rows in (plan.sources.items() if plan else ()):
+        extra, _ = encode_rows(tok, source_rows, max_length=max_length, post_positions=post)
+        ranges[name] = range(len(examples), len(examples) + len(extra))
+        examples = examples + extra
     ids = tokens.ids_tensor() if tokens is not None else None
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
                 "load_in_4bit": cfg.lora.load_in_4bit}
 
     mode, cache, cache_dir, cache_s, live, frozen = "none", None, None, 0.0, None, None
-    if method.reference is not None:
+    if defence.reference is not None:
         plain = Collator(pad_id)
         if reference_impl == "naive":  # a second full copy and full-vocabulary forwards, as the authors do
             live, mode = NaiveReference(copy.deepcopy(model).requires_grad_(False).eval(), ids), "naive"
-        elif method.reference == "safety" and cfg.reference_cache != "off":
+        elif defence.reference == "safety" and cfg.reference_cache != "off":
             from safekeel.models.loader import cache_root
 
             fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
@@ -219,31 +179,47 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
                 log.warning("reference cache would not fit (%s): using the live reference", why)
         if mode == "none":
             mode = "live"
-            _check_live_reference_is_supported(args, method.reference)
+            _check_live_reference_is_supported(args, defence.reference)
             if cfg.lora.full:  # full fine-tuning changes the weights the reference needs: keep a frozen copy
                 frozen = copy.deepcopy(model).requires_grad_(False).eval()
     if not cfg.lora.full:
         model = add_lora(model, cfg)
+    model = defence.configure_model(model)
     if mode == "live":
         live = SafetyReference(frozen if frozen is not None else model, ids)
-        if method.reference == "safety":
+        if defence.reference == "safety":
             _self_check(live, Collator(pad_id), examples, args.device)
 
-    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"data": {**data_summary, **enc_summary}, "model": model_fp, "tokenizer_sha256": tokenizer_fingerprint(tok),
                "tokens": {"path": cfg.tokens, "sha256": file_fingerprint(cfg.tokens), "k": tokens.k, "ids": tokens.token_ids, "tokens": tokens.tokens,
                           "preset": tokens.preset} if tokens else None,
                "reference": {"mode": mode, "cache_dir": cache_dir, "cache_seconds": round(cache_s, 3)},
                "distributed": {"world_size": args.world_size, "device": str(args.device)}}
+    if plan:
+        summary["data"]["plan"] = {name: len(r) for name, r in ranges.items()}
+    batch_plan = _batch_plan(plan, ranges, args, cfg) if plan else None
     try:
         trainer = SafekeelTrainer(
             model=model, args=args, train_dataset=ExampleDataset(examples), data_collator=Collator(pad_id, cache),
-            processing_class=tok, callbacks=[JsonlLogger(out / "train_log.jsonl"), RecordOptions(cfg.to_dict())],
-            method=method, reference=live, safety_ids=ids)
+            processing_class=tok,
+            callbacks=[JsonlLogger(out / "train_log.jsonl"), RecordOptions(cfg.to_dict()), *defence.callbacks()],
+            defence=defence, reference=live, safety_ids=ids, batch_plan=batch_plan)
     except ValueError as exc:  # argument combinations only the Trainer checks (eval_strategy without eval data)
         raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
-    return Prepared(trainer, cfg, examples, Collator(pad_id, cache), summary, mode, cache_dir, cache_s)
+    ctx.model = model
+    return Prepared(trainer, cfg, examples[:len(ranges["main"])], Collator(pad_id, cache), summary, mode, cache_dir,
+                    cache_s, ctx)
+
+
+def _batch_plan(plan, ranges: dict, args, cfg: RunConfig):
+    from safekeel.training.data_plan import PlannedBatches, steps_per_epoch
+
+    spe = steps_per_epoch(len(ranges["main"]), args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                          args.world_size)
+    return PlannedBatches(ranges, plan.schedule, batch_size=args.per_device_train_batch_size,
+                          accumulation=args.gradient_accumulation_steps, world_size=args.world_size,
+                          steps_per_epoch=spe, seed=cfg.training.seed)
 
 
 def _fit_context(max_length: int, model, tokenizer) -> int:
@@ -316,6 +292,8 @@ def _train_locked(cfg: RunConfig, resume: str | None, progress: bool) -> TrainRe
         if "checkpoint" in str(exc).lower():
             raise SafekeelError(f"--resume: {str(exc).splitlines()[0]}") from None
         raise
+    prep.context.model = trainer.model
+    trainer.defence.after_train(trainer.model, prep.context)  # e.g. a projection of the LoRA update
     trainer.save_model(str(out))
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():

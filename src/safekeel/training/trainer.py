@@ -1,10 +1,14 @@
-"""`SafekeelTrainer`: the transformers `Trainer` with loss = CE on answer tokens + the method's term.
+"""`SafekeelTrainer`: the transformers `Trainer` with loss = (weighted) CE on answer tokens + the defence's terms.
 
 Built on `Trainer` (not TRL's `SFTTrainer`, whose dataset pipeline would re-tokenise and drop the
 no-prompt view), so `accelerate launch` gives DDP, FSDP and DeepSpeed, and checkpoints, `--resume`, the
 progress bar and `report_to` (TensorBoard, ...) behave as in TRL.
 
-Normalisation: the step's loss is (Σ CE + Σ method term) / (answer tokens of the whole accumulated
+The defence's hooks (defences/base.py) run here: `loss(step)` per micro-batch (CE weights, an extra term
+summed over answer positions, stats), `step_loss` once per optimizer step, `before_optimizer_step` on the
+final gradients before clipping, and a `DataPlan`'s schedule through `PlannedBatches`.
+
+Normalisation: the step's loss is (Σ w·CE + Σ extra) / (answer tokens of the whole accumulated
 batch on all ranks), which the Trainer passes as `num_items_in_batch`; so one process with batch 2B and
 two processes with batch B give the same loss and gradients. The fine-tuned model's K-logits and
 log-sum-exp come from the same forward's logits, in one fused pass with the CE
@@ -26,27 +30,32 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from safekeel.defences.base import Defence, LossTerms, StepState
 from safekeel.errors import SafekeelError
-from safekeel.losses import answer_token_terms
-from safekeel.training.methods import Method, StepState
-from safekeel.training.reference import gather_frame
+from safekeel.losses import answer_token_terms, gather_frame
 
 _GROUPS = ("", "_harmful", "_benign")
 
 
 class SafekeelTrainer(Trainer):
-    """Trainer whose `compute_loss` is CE + `method.loss`. `reference`: a `SafetyReference` for live
-    reference logits (None with the cache, or for methods without a reference); `safety_ids`: [K] long."""
+    """Trainer whose `compute_loss` is CE + the defence's terms. `reference`: a `SafetyReference` for live
+    reference logits (None with the cache, or for defences without a reference); `safety_ids`: [K] long;
+    `batch_plan`: a `PlannedBatches` when the defence has a data plan."""
 
-    def __init__(self, *args, method: Method, reference=None, safety_ids: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, defence: Defence, reference=None, safety_ids: torch.Tensor | None = None,
+                 batch_plan=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.method = method
+        self.defence = defence
         self.reference = reference
         self.safety_ids = safety_ids
+        self.batch_plan = batch_plan
         # We normalise by `num_items_in_batch` ourselves; this makes the Trainer count it and not rescale.
         self.model_accepts_loss_kwargs = True
         self._sums: dict[str, torch.Tensor] = {}
         self._keep_ok: bool | None = None
+        self._step_loss_at = -1  # the global step whose once-per-step term was added
+        self._hooked_at = -1  # the global step whose before_optimizer_step ran
+        self.add_callback(_PreOptimizerStep(self))
 
     # -- loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -72,24 +81,67 @@ class SafekeelTrainer(Trainer):
         if ids is not None:
             ft_k = z.new_zeros(*shape, ids.numel()).index_put((rows, cols), z_k)
             ft_lse = z.new_zeros(shape).index_put((rows, cols), lse)
-        step = StepState(batch=inputs, logits=logits, logits_start=start, mask=mask, ft_k=ft_k, ft_lse=ft_lse,
-                         safety_refs=lambda need_lse: self._safety_refs(inputs, need_lse),
-                         full_refs=lambda: self._full_refs(inputs))
-        extra, stats = self.method.loss(step)
-        total = ce.sum() + extra
+        step = StepState(batch=inputs, logits=logits, logits_start=start, mask=mask, ce=ce_frame, ft_k=ft_k,
+                         ft_lse=ft_lse, safety_refs=lambda need_lse: self._safety_refs(inputs, need_lse),
+                         full_refs=lambda: self._full_refs(inputs), model=model, global_step=self.state.global_step,
+                         source=self.batch_plan.source_of(self.state.global_step) if self.batch_plan else "main")
+        terms: LossTerms = self.defence.loss(step)
+        if terms.token_weights is not None:
+            ce_sum = (ce * terms.token_weights[rows, cols].to(ce.dtype)).sum()
+        else:
+            ce_sum = ce.sum()
+        extra = terms.extra if terms.extra is not None else ce.new_zeros(())
+        total = ce_sum + extra
         if num_items_in_batch is not None:
             loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.args.world_size  # DDP averages gradients over ranks
         else:
             loss = total / mask.sum().clamp_min(1)
+        per_step = None
+        if model.training and self._step_loss_at != self.state.global_step:  # first micro-batch of the step
+            self._step_loss_at = self.state.global_step
+            per_step = self.defence.step_loss(model, self.state)
+            if per_step is not None:  # added once per optimizer step; DDP's mean over ranks keeps it once
+                loss = loss + per_step
         if not bool(torch.isfinite(loss)):
             raise SafekeelError(
                 f"the training loss became {float(loss.detach())} at step {self.state.global_step + 1} "
-                f"(CE sum {float(ce.detach().sum()):.4g}, method term {float(extra.detach()):.4g}): lower --learning_rate, "
-                "use --bf16 rather than --fp16, or check the data")
-        self._accumulate(stats, ce_frame.detach(), mask, inputs["harmful"], ft_k, ft_lse)
+                f"(CE sum {float(ce_sum.detach()):.4g}, defence term {float(extra.detach()):.4g}"
+                + (f", per-step term {float(per_step.detach()):.4g}" if per_step is not None else "")
+                + "): lower --learning_rate, use --bf16 rather than --fp16, or check the data")
+        self._accumulate(terms.stats, ce_frame.detach(), mask, inputs["harmful"], ft_k, ft_lse)
+        if per_step is not None:  # logged as its mean over optimizer steps (no harmful/benign split)
+            acc = torch.zeros(3, 2, device=ce.device)
+            acc[0] = torch.stack([per_step.detach().float(), acc.new_ones(())])
+            self._sums["step_term"] = self._sums.get("step_term", 0) + acc
         return (loss, out) if return_outputs else loss
+
+    # -- optimizer-step hooks -------------------------------------------------------------------
+    def _before_optimizer_step(self, model) -> None:
+        """The defence's gradient edit, once per optimizer step, on the accumulated (and, under DDP,
+        all-reduced) gradients before clipping."""
+        if self._hooked_at != self.state.global_step:
+            self._hooked_at = self.state.global_step
+            self.defence.before_optimizer_step(model, self.optimizer, self.state)
+
+    def _clip_grad_norm(self, model):  # transformers calls this before clipping when max_grad_norm > 0
+        self._before_optimizer_step(model)
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):  # ... and this one in every case, after clipping
+        self._before_optimizer_step(model)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    # -- data plan -------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        if self.batch_plan is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_plan, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
 
     def _accepts_logits_to_keep(self, model) -> bool:
         """Whether the underlying transformers model takes `logits_to_keep` (checked once)."""
@@ -138,6 +190,17 @@ class SafekeelTrainer(Trainer):
                         logs[name + suffix] = s / c
             self._sums = {}
         super().log(logs, start_time)
+
+
+class _PreOptimizerStep(TrainerCallback):
+    """Runs the defence's `before_optimizer_step` where a transformers version has neither
+    `_clip_grad_norm` nor `_get_grad_norm` (once per step: the trainer remembers the step)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._before_optimizer_step(self.trainer.model_wrapped)
 
 
 class JsonlLogger(TrainerCallback):
