@@ -149,7 +149,7 @@ def test_train_flags_come_from_the_options_dataclasses():
     for f in dataclasses.fields(TrainingArguments):
         if f.init and f.name not in reserved:
             assert f"--{f.name}" in flags, f.name
-    help_text = sub.format_help()
+    help_text = " ".join(sub.format_help().split())
     assert "default 3e-5" not in help_text  # no default pasted by hand; the derived note says it
     assert "safekeel default: 3e-05" in help_text
 

@@ -112,3 +112,20 @@ def test_train_help_lists_the_option_groups(capsys):
     for flag in ("--method", "--tokens", "--preset", "--kl-scope", "--safety-mass", "--reference-cache", "--full",
                  "--load-in-4bit", "--learning-rate", "--per-device-train-batch-size", "--resume", "--config", "--overwrite"):
         assert flag in out
+
+
+def test_records_written_before_the_registry_resume_without_differences():
+    """A checkpoint's options from before the defence registry ("pact" section, TrainingOptions with
+    "extra") compare equal to today's record of the same run."""
+    from safekeel.training.checkpoints import differences
+
+    new = build_config({**REQ, "lambda": 10, "max_steps": 5, "save_strategy": "steps"}).to_dict()
+    old = {k: v for k, v in new.items() if k != "defence"}
+    old["pact"] = dict(new["defence"])
+    training = dict(new["training"])
+    old["training"] = {**{k: v for k, v in training.items() if k != "save_strategy"},
+                       "warmup_steps": 0, "logging_steps": 10, "save_steps": 500,
+                       "extra": {"save_strategy": "steps"}}
+    assert differences(old, new) == []
+    old["pact"]["lambda_kl"] = 3.0
+    assert differences(old, new) == ["lambda_kl 3.0 -> 10.0"]

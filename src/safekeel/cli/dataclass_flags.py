@@ -40,7 +40,9 @@ def flag_kwargs(f: dataclasses.Field, default_note: str | None = None) -> tuple[
     meta = dict(f.metadata)
     dashed = "--" + f.name.replace("_", "-")
     names = [dashed] + ([f"--{f.name}"] if "_" in f.name else []) + list(meta.get("aliases", []))
-    ftype = str(f.type)
+    from safekeel.defences.base import type_name
+
+    ftype = type_name(f.type)
     default = f.default if f.default is not dataclasses.MISSING else None
     note = default_note if default_note is not None else (f"default: {_default_text(default)}"
                                                           if default is not None else "")

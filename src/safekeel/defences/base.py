@@ -216,11 +216,26 @@ def parse_bool(value, name: str) -> bool:
     raise SafekeelError(f"--{name.replace('_', '-')} must be on or off, got {value!r}")
 
 
+def type_name(t) -> str:
+    """A field annotation as text: "float", "int | None", "str | bool | None" (for string annotations,
+    real types and typing objects alike; None first or last does not matter to the callers)."""
+    if isinstance(t, str):
+        return t
+    if isinstance(t, type):
+        return t.__name__
+    args = getattr(t, "__args__", None)
+    if args:  # X | Y, Optional[X], Union[X, Y]
+        names = [type_name(a) for a in args]
+        names = [n for n in names if n != "NoneType"] + (["None"] if "NoneType" in names else [])
+        return " | ".join(names)
+    return str(t).replace("typing.", "")
+
+
 def coerce(ftype, name: str, value):
     """Cast `value` to a dataclass field's declared type (YAML gives ints for floats, flags give text)."""
     if value is None:
         return None
-    ftype = str(ftype)
+    ftype = type_name(ftype)
     try:
         if ftype.startswith("bool"):
             return parse_bool(value, name)

@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field, fields
 
-from safekeel.defences.base import DefenceOptions, coerce, parse_bool
+from safekeel.defences.base import DefenceOptions, coerce, parse_bool, type_name
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ ALIASES = {"lambda": "lambda_kl", "lam": "lambda_kl", "resume_from_checkpoint": 
 # so a run record is complete; every other TrainingArguments field keeps transformers' default
 TRAINING_DEFAULTS: dict = {
     "learning_rate": 3e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 2,
-    "gradient_accumulation_steps": 1, "max_steps": -1, "logging_steps": 10, "save_steps": 500,
+    "gradient_accumulation_steps": 1, "max_steps": -1, "logging_steps": 10.0, "save_steps": 500.0,
     "save_total_limit": None, "report_to": "none", "seed": 42, "bf16": False, "fp16": False, "max_length": 1024,
-    "warmup_steps": 0, "lr_scheduler_type": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0,
+    "warmup_steps": 0.0, "lr_scheduler_type": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0,
     "gradient_checkpointing": False, "optim": "adamw_torch", "dataloader_num_workers": 0, "disable_tqdm": False,
 }
 NOT_TRAINING_ARGUMENTS = {"max_length": "longest tokenised row (prompt + answer); longer rows are cut"}
@@ -222,9 +222,9 @@ def build_config(flat: dict) -> RunConfig:
         else:  # a TrainingArguments field (or max_length): typed like safekeel's default, else checked later
             if _non_finite(value):
                 raise SafekeelError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
-            default = TRAINING_DEFAULTS.get(key)
-            kind = type(default).__name__ if default is not None else ("int" if key == "save_total_limit" else None)
-            training[key] = coerce(kind, key, value) if kind in ("bool", "int", "float") else value
+            kind = type_name(hf_fields[key].type) if key in hf_fields else "int"  # max_length
+            simple = kind.removesuffix(" | None") in ("bool", "int", "float")
+            training[key] = coerce(kind, key, value) if simple else value  # others: TrainingArguments checks
     cfg.training = training
     validate(cfg)
     return cfg
