@@ -129,3 +129,22 @@ def test_records_written_before_the_registry_resume_without_differences():
     assert differences(old, new) == []
     old["pact"]["lambda_kl"] = 3.0
     assert differences(old, new) == ["lambda_kl 3.0 -> 10.0"]
+
+
+def test_yaml_sections_and_a_recorded_run_as_config(tmp_path):
+    import yaml
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: m\ndataset: d\noutput_dir: o\ntokens: t.json\npact:\n  lambda: 7\n  preset: reference-code\n"
+                      "lora:\n  lora_r: 4\ntraining:\n  learning_rate: 2.0e-4\n  save_strategy: steps\n")
+    cfg = parse(["--config", str(nested)])
+    assert cfg.defence.lambda_kl == 7.0 and cfg.defence.temperature == 2.0 and cfg.lora.lora_r == 4
+    assert cfg.training.learning_rate == 2e-4 and cfg.training["save_strategy"] == "steps"
+    recorded = tmp_path / "recorded.yaml"  # safekeel_run.json's "options", written back as YAML
+    recorded.write_text(yaml.safe_dump(cfg.to_dict()))
+    again = parse(["--config", str(recorded)])
+    assert again.to_dict() == cfg.to_dict()
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("model: m\ndataset: d\noutput_dir: o\ntokens: t.json\nlambda_kl: 1\npact:\n  lambda_kl: 2\n")
+    with pytest.raises(SafekeelError, match="given twice"):
+        parse(["--config", str(clash)])

@@ -49,7 +49,7 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None, plain: bool
 
 def assistant_header(tokenizer) -> str:
     """What the chat template adds for a generation prompt: render a dummy user turn with and without
-    `add_generation_prompt` and take the difference (DESIGN §2)."""
+    `add_generation_prompt` and take the difference (docs/design.md, "PACT formulas")."""
     if not has_chat_template(tokenizer):
         return "Assistant: "
     messages = [{"role": "user", "content": _DUMMY}]

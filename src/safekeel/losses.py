@@ -1,4 +1,4 @@
-"""The PACT regulariser (paper §3.1-3.2, DESIGN.md §2) and the full-vocabulary KL baseline.
+"""The PACT regulariser (paper §3.1-3.2; docs/design.md, "PACT formulas") and the full-vocabulary KL baseline.
 
 Pure torch functions, vectorised over positions. Shapes: B rows, T columns, K safety tokens S,
 V vocabulary. `mask` [B, T] is true at answer positions (a position predicts the next answer token).

@@ -90,7 +90,7 @@ def flat_options(args) -> dict:
             raise SafekeelError(f"--config {args.config} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise SafekeelError(f"--config {args.config} must be a mapping of option names to values")
-        flat.update({normalise_key(k): v for k, v in data.items()})
+        flat.update({normalise_key(k): v for k, v in yaml_sections(data).items()})
     skip = {"config", "func", "command", "verbose", "training_arg"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
@@ -103,6 +103,24 @@ def flat_options(args) -> dict:
             flat[key.strip().replace("-", "_")] = yaml.safe_load(value)
         except yaml.YAMLError:
             flat[key.strip().replace("-", "_")] = value  # not a YAML scalar: TrainingArguments sees the text
+    return flat
+
+
+def yaml_sections(data: dict) -> dict:
+    """A YAML config's keys, with sections flattened: `defence:`, `lora:`, `training:` or a method's name
+    (`pact: {lambda: 3}`) hold that part's options, as `safekeel_run.json`'s "options" does, so a run's
+    recorded options are a valid config. Flat keys and sections mix; a key set twice must agree."""
+    from safekeel.defences.registry import defence_names
+    from safekeel.errors import SafekeelError
+
+    sections = {"defence", "lora", "training", *defence_names()}
+    flat: dict = {}
+    for key, value in data.items():
+        inner = value.items() if str(key) in sections and isinstance(value, dict) else [(key, value)]
+        for name, item in inner:
+            if name in flat and flat[name] != item:
+                raise SafekeelError(f"--config: option {name} given twice with different values")
+            flat[name] = item
     return flat
 
 

@@ -1,4 +1,4 @@
-"""`safekeel tokens identify`: find an aligned model's safety tokens (paper §2.1, DESIGN §2).
+"""`safekeel tokens identify`: find an aligned model's safety tokens (paper §2.1; docs/design.md, "PACT formulas").
 
 1. The aligned model answers each harmful prompt greedily (or the user gives refusal texts).
 2. Each answer is judged with the refusal-prefix judge; only refusals are teacher-forced, because the

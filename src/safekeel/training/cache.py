@@ -1,7 +1,7 @@
 """`--reference-cache`: the reference's K-logits of both views, computed once before training.
 
 The reference is frozen, so its logits on S for every training example are fixed: computing them once
-makes a PACT step cost what an SFT step costs (DESIGN §3). Layout of a cache directory (keyed by a
+makes a PACT step cost what an SFT step costs (docs/design.md, "Making it fast"). Layout of a cache directory (keyed by a
 fingerprint of model, tokenizer, safety tokens and tokenised data):
 
     shard-00000.safetensors  full [ΣA, K] f16, lse [ΣA] f32, post [ΣP, K] f16; metadata: ids, A, P

@@ -5,7 +5,7 @@ followed by answer tokens (the last assistant turn and the template's end-of-tur
 answer are tokenised separately, so the answer tokens are identical in both views and the prompt tokens
 equal inference's. Labels are -100 everywhere except the answer tokens.
 
-The no-prompt view (paper Eq. 6, DESIGN §2) is the assistant header followed by y_<t, with no BOS and no
+The no-prompt view (paper Eq. 6; docs/design.md, "PACT formulas") is the assistant header followed by y_<t, with no BOS and no
 system or user turn (as in the authors' `build_post_only_batch`): `header + answer[:P-1]`, so column
 H-1+t predicts answer token t, where P = min(A, N + 6τ) (all A without decay, 0 without calibration).
 

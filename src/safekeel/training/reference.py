@@ -1,4 +1,4 @@
-"""The frozen reference model's logits on the K safety tokens, without [B, T, V] logits (DESIGN §3).
+"""The frozen reference model's logits on the K safety tokens, without [B, T, V] logits (docs/design.md, "Making it fast").
 
 - With LoRA the reference is the trained model itself with its adapters disabled (`peft`
   `disable_adapter()`), so there is no second copy; with full fine-tuning it is a frozen copy.
@@ -170,8 +170,9 @@ class SafetyReference:
         bad = diff > tol * (1 + slow[m].abs())
         if bool(bad.any()):
             raise SafekeelError(f"the reference's safety-row projection differs from the model's logits by up to "
-                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer; "
-                                "use --reference-impl naive")
+                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer, which the "
+                                "safety-token reference needs; use a defence with a full-vocabulary reference "
+                                "(--method kl, or --kl-scope full)")
         return float(diff.max()) if diff.numel() else 0.0
 
 
