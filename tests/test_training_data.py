@@ -7,7 +7,8 @@ import json
 import pytest
 
 from safekeel.cli.main import main
-from safekeel.data.training_data import load_training_data, normalise_rows, row_prompt
+from safekeel.data.records import normalise_rows, row_prompt
+from safekeel.data.training_data import load_training_data
 from safekeel.errors import SafekeelError
 from safekeel.tasks import get_task
 
@@ -97,7 +98,7 @@ def test_hub_and_harmful_set_specs(monkeypatch):
         calls.append((repo, split))
         return [{"prompt": "hub q", "response": "hub a"}]
 
-    monkeypatch.setattr("safekeel.tasks.hub.load_hub_rows", fake_hub)
+    monkeypatch.setattr("safekeel.rows.load_hub_rows", fake_hub)
     rows = load_training_data("hf:someone/data:dev")
     assert calls == [("someone/data", "dev")] and rows[0]["source"] == "someone_data"
     # a harmful set trains a de-aligned counterpart (`safekeel train --method sft --dataset strongreject-harmful`)

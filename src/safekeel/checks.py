@@ -2,7 +2,8 @@
 
 Each raises `SafekeelError` with one line naming the flag, so a typo costs a second, not the minutes of
 compute (and the downloads) that come before the place where the value is first used. None of these
-fetch anything: a packaged model or benchmark name is checked against the registry, not downloaded.
+fetch anything. The checks of values that need a registry live beside it, in higher layers:
+`safekeel.models.specs.model_spec` (a model argument) and `safekeel.data.prompts.prompt_spec` (a prompt set).
 """
 
 from __future__ import annotations
@@ -84,35 +85,6 @@ def finite(value: float, flag: str, *, low: float | None = None, high: float | N
     return value
 
 
-def model_spec(spec: str | None, flag: str = "--model") -> str:
-    """A model argument that can be loaded: a packaged name, an existing local directory with a
-    config.json, an existing .gguf file, or something shaped like a hub id (checked when loaded)."""
-    from safekeel.models import packaged
-
-    if spec is None or not str(spec).strip():
-        raise SafekeelError(f"{flag} is empty")
-    spec = str(spec)
-    if packaged.is_packaged_model(spec):
-        return spec
-    path = Path(spec).expanduser()
-    if spec.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise SafekeelError(f"{flag}: GGUF file not found: {spec}")
-        return spec
-    if path.exists():
-        if not path.is_dir():
-            raise SafekeelError(f"{flag} {spec} is a file but not a .gguf model; give a model directory or a .gguf file")
-        if not (path / "config.json").is_file():
-            raise SafekeelError(f"{flag} {spec} has no config.json; is it a model directory?")
-        return spec
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise SafekeelError(f"{flag}: model path not found: {spec}")
-    if "/" not in spec:
-        known = ", ".join(packaged.PACKAGED_MODELS)
-        raise SafekeelError(f"{flag}: unknown model {spec!r}: not a packaged name ({known}), a local path or a hub id")
-    return spec
-
-
 def adapter_dir(path: str | None, flag: str = "--adapter") -> str | None:
     """A PEFT adapter directory (holding adapter_config.json), or None."""
     if path is None:
@@ -121,26 +93,3 @@ def adapter_dir(path: str | None, flag: str = "--adapter") -> str | None:
     if not (p / "adapter_config.json").is_file():
         raise SafekeelError(f"{flag}: adapter not found: {path} (expected a PEFT directory with adapter_config.json)")
     return path
-
-
-def prompt_spec(spec: str | None, flag: str = "--prompts") -> str:
-    """A prompt-set argument (see `safekeel.data.prompts`) checked without fetching anything."""
-    from safekeel.data.prompts import _FILE_SUFFIXES, PACKAGED_SETS
-
-    if spec is None or not str(spec).strip():
-        raise SafekeelError(f"{flag} is empty")
-    spec = str(spec).strip()
-    base, _, option = spec.partition(":")
-    if base in ("harmbench", "harmbench-val"):
-        if option and option not in ("standard", "contextual", "copyright", "all"):
-            raise SafekeelError(f"{flag}: unknown HarmBench subset {option!r}; use standard, contextual, copyright or all")
-        return spec
-    if base in PACKAGED_SETS and not option:
-        return spec
-    if spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
-        input_file(spec, flag)
-        return spec
-    if spec.startswith("hf:") or "/" in spec:
-        return spec
-    raise SafekeelError(f"{flag}: unknown prompt set {spec!r}: use one of {', '.join(PACKAGED_SETS)}, "
-                        "a .jsonl/.csv/.parquet file or a hub dataset id")

@@ -118,9 +118,10 @@ def run_list(args) -> int:
 def run_make_harmful(args) -> int:
     from safekeel import checks
     from safekeel.data.harmful import DEFAULT_MODEL, make_harmful
+    from safekeel.data.prompts import prompt_spec
     from safekeel.io_utils import atomic_write_jsonl
 
-    checks.prompt_spec(args.prompts)
+    prompt_spec(args.prompts)
     if args.output:
         checks.output_file(args.output)
     t0 = time.perf_counter()
@@ -143,7 +144,7 @@ def run_make_harmful(args) -> int:
 
 def run_make_task(args) -> int:
     from safekeel import checks
-    from safekeel.data.training_data import task_rows
+    from safekeel.data.records import task_rows
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.tasks import get_task
 
@@ -160,13 +161,14 @@ def run_make_safety(args) -> int:
     from safekeel import checks
     from safekeel.data.benign_sets import held_out_overlap
     from safekeel.data.harmful import DEFAULT_MODEL
-    from safekeel.data.prompts import load_prompts
+    from safekeel.data.prompts import load_prompts, prompt_spec
     from safekeel.data.refusals import helpful_rows, safety_sft_rows, safety_summary
     from safekeel.data.training_data import load_training_data
     from safekeel.errors import SafekeelError
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
+    from safekeel.models.specs import model_spec
 
-    checks.prompt_spec(args.prompts)
+    prompt_spec(args.prompts)
     checks.output_file(args.output)
     checks.output_file(f"{args.output}.meta.json", "--output (its .meta.json)")
     if args.n_benign < 0:
@@ -174,8 +176,8 @@ def run_make_safety(args) -> int:
     use_instructions = str(args.instructions).strip().lower() not in ("none", "")
     model = args.model or DEFAULT_MODEL
     if use_instructions:
-        checks.prompt_spec(args.instructions, "--instructions")
-        checks.model_spec(model)
+        prompt_spec(args.instructions, "--instructions")
+        model_spec(model)
         checks.adapter_dir(args.adapter)
     prompts = load_prompts(args.prompts, limit=args.limit)
     benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
@@ -204,23 +206,26 @@ def run_make_safety(args) -> int:
 
 
 def run_mix(args) -> int:
-    import math
-
     from safekeel import checks
-    from safekeel.data.harmful import check_overlap, load_harmful, mix_harmful, mix_summary
-    from safekeel.data.prompts import benchmark_name, load_prompts
-    from safekeel.data.training_data import load_training_data, normalise_rows, row_prompt
+    from safekeel.data.harmful import (
+        check_harmful_spec,
+        harmful_count,
+        load_harmful,
+        mix_harmful,
+        mix_summary,
+    )
+    from safekeel.data.prompts import benchmark_name, load_prompts, prompt_spec
+    from safekeel.data.records import check_overlap, normalise_rows, row_prompt
+    from safekeel.data.training_data import load_training_data
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.tasks import is_task_name
 
     checks.output_file(args.output)
     checks.output_file(f"{args.output}.meta.json", "--output (its .meta.json)")
-    from safekeel.data.harmful import check_harmful_spec
-
     check_harmful_spec(args.harmful)
     for spec in args.check_overlap:
-        checks.prompt_spec(spec, "--check-overlap")
-    n_harmful = math.floor(args.poison_ratio * args.num_examples + 0.5)
+        prompt_spec(spec, "--check-overlap")
+    n_harmful = harmful_count(args.num_examples, args.poison_ratio)
     n_task = args.num_examples - n_harmful
     task_rows = []
     if n_task:  # a generated task makes exactly the rows needed; files and hub sets are sampled from

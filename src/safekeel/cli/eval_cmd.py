@@ -67,7 +67,7 @@ def register(sub) -> None:
 
 
 def _generator(args, spec: str, adapter: str | None):
-    from safekeel.evaluation.generator import LazyGenerator
+    from safekeel.generators import LazyGenerator
 
     return LazyGenerator(spec, adapter=adapter, backend=args.backend, dtype=args.dtype, device=args.device,
                          trust_remote_code=args.trust_remote_code, max_new_tokens=args.max_new_tokens,
@@ -97,19 +97,21 @@ def make_judge(args):
 
 def _check_models(args, *, base: bool = False) -> None:
     from safekeel import checks
+    from safekeel.models.specs import model_spec
 
-    checks.model_spec(args.model, "--model")
+    model_spec(args.model, "--model")
     checks.adapter_dir(args.adapter, "--adapter")
     if base:
         if args.base_adapter and not args.base_model:
             raise SafekeelError("--base-adapter needs --base-model")
         if args.base_model:
-            checks.model_spec(args.base_model, "--base-model")
+            model_spec(args.base_model, "--base-model")
             checks.adapter_dir(args.base_adapter, "--base-adapter")
 
 
 def run_safety(args) -> int:
     from safekeel import checks
+    from safekeel.data.prompts import prompt_spec
     from safekeel.evaluation.probes import parse_probes
     from safekeel.evaluation.report import print_safety
     from safekeel.evaluation.safety import (
@@ -123,7 +125,7 @@ def run_safety(args) -> int:
     _check_models(args, base=True)
     benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     for spec in benchmarks:
-        checks.prompt_spec(spec, "--benchmarks")
+        prompt_spec(spec, "--benchmarks")
     names = benchmark_names(benchmarks)
     probes = parse_probes(args.probes)
     judge = make_judge(args)

@@ -23,15 +23,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from safekeel import checks
     from safekeel.chat import format_prompt
-    from safekeel.data.prompts import load_prompts
+    from safekeel.data.prompts import load_prompts, prompt_spec
     from safekeel.generation import generate
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.models.loader import load_model
+    from safekeel.models.specs import model_spec
 
     # every cheap check before the prompt set or the model is fetched
-    checks.model_spec(args.model)
+    model_spec(args.model)
     checks.adapter_dir(args.adapter)
-    checks.prompt_spec(args.prompts)
+    prompt_spec(args.prompts)
     checks.output_file(args.output)
     prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
     t0 = time.perf_counter()

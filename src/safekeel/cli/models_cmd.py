@@ -61,8 +61,9 @@ def run_merge(args) -> int:
     from safekeel import checks
     from safekeel.errors import SafekeelError
     from safekeel.models.loader import load_model, save_model_dir
+    from safekeel.models.specs import model_spec
 
-    checks.model_spec(args.model)
+    model_spec(args.model)
     checks.adapter_dir(args.adapter)
     out = checks.output_dir(args.output, "--output")
     if out.exists() and any(out.iterdir()):

@@ -52,8 +52,8 @@ def register(sub) -> None:
 
 
 def _read_responses(path: str) -> tuple[list[str], list[str] | None]:
-    from safekeel.data.prompts import read_rows
     from safekeel.errors import SafekeelError
+    from safekeel.rows import read_rows
 
     rows = read_rows(Path(path))
     if not rows:
@@ -66,19 +66,21 @@ def _read_responses(path: str) -> tuple[list[str], list[str] | None]:
 
 def run_identify(args) -> int:
     from safekeel import checks
-    from safekeel.data.prompts import PromptRecord, load_prompts
+    from safekeel.data.prompts import load_prompts, prompt_spec
+    from safekeel.data.records import PromptRecord
     from safekeel.io_utils import atomic_write_jsonl
     from safekeel.models.loader import load_model
+    from safekeel.models.specs import model_spec
     from safekeel.tokens.identify import identify_safety_tokens
 
-    checks.model_spec(args.aligned, "--aligned")
+    model_spec(args.aligned, "--aligned")
     checks.adapter_dir(args.adapter)
-    checks.model_spec(args.base, "--base")
+    model_spec(args.base, "--base")
     checks.adapter_dir(args.base_adapter, "--base-adapter")
     if args.responses:
         checks.input_file(args.responses, "--responses")
     else:
-        checks.prompt_spec(args.prompts)
+        prompt_spec(args.prompts)
     checks.output_file(args.output)
     checks.output_file(Path(args.output).with_suffix(".answers.jsonl"), "--output (its answers file)")
     responses = None
@@ -136,17 +138,18 @@ def run_intervene(args) -> int:
     from rich.table import Table
 
     from safekeel import checks
-    from safekeel.data.prompts import load_prompts
+    from safekeel.data.prompts import load_prompts, prompt_spec
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.judges import get_judge
     from safekeel.models.loader import load_model
+    from safekeel.models.specs import model_spec
     from safekeel.tokens.artifact import SafetyTokens
     from safekeel.tokens.intervene import run_interventions
 
-    checks.model_spec(args.model)
+    model_spec(args.model)
     checks.adapter_dir(args.adapter)
     checks.finite(args.alpha, "--alpha")
-    checks.prompt_spec(args.prompts)
+    prompt_spec(args.prompts)
     checks.output_file(args.output)
     checks.output_file(Path(args.output).with_suffix(".samples.jsonl"), "--output (its samples file)")
     tokens = SafetyTokens.load(args.tokens)

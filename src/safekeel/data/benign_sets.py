@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from safekeel.data.prompts import PromptRecord
+from safekeel.data.records import PromptRecord, check_overlap
 from safekeel.errors import SafekeelError
 
 BENIGN_SETS: dict[str, tuple[str, str]] = {  # name -> (resource file, description)
@@ -44,7 +44,5 @@ def held_out_overlap(prompts, what: str, label: str = "over-refusal evaluation (
     """Warnings (empty when clear) for `prompts` (strings, records or rows) that reappear in a held-out
     over-refusal set (`EVAL_SETS`): over-refusal measured on trained prompts says nothing. `label` names
     the set in the warning (`{}` is its name)."""
-    from safekeel.data.harmful import check_overlap
-
     return [w for name in EVAL_SETS
             for w in check_overlap(prompts, load_benign_set(name), (what, label.format(name)))]

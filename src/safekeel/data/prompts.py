@@ -14,34 +14,43 @@ Every record keeps an id, a category and its source.
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from safekeel.checks import input_file
+from safekeel.data.records import PromptRecord
 from safekeel.errors import SafekeelError
+from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_hub_spec, read_rows
 
 PACKAGED_SETS = ("harmbench", "harmbench-val", "strongreject", "strongreject-small", "everyday", "benign-risky",
                  "instructions")
-_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+HARMBENCH_SUBSETS = ("standard", "contextual", "copyright", "all")
 
 
-@dataclass
-class PromptRecord:
-    id: str
-    prompt: str
-    category: str = "uncategorized"
-    source: str = ""
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def prompt_spec(spec: str | None, flag: str = "--prompts") -> str:
+    """A prompt-set argument (see the module docstring) checked without fetching anything."""
+    if spec is None or not str(spec).strip():
+        raise SafekeelError(f"{flag} is empty")
+    spec = str(spec).strip()
+    base, _, option = spec.partition(":")
+    if base in ("harmbench", "harmbench-val"):
+        if option and option not in HARMBENCH_SUBSETS:
+            raise SafekeelError(f"{flag}: unknown HarmBench subset {option!r}; use standard, contextual, copyright or all")
+        return spec
+    if base in PACKAGED_SETS and not option:
+        return spec
+    if spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
+        input_file(spec, flag)
+        return spec
+    if is_hub_spec(spec):
+        return spec
+    raise SafekeelError(f"{flag}: unknown prompt set {spec!r}: use one of {', '.join(PACKAGED_SETS)}, "
+                        "a .jsonl/.csv/.parquet file or a hub dataset id")
 
 
 def benchmark_name(spec: str) -> str:
     """The short name results are filed under: a file's stem, or the packaged/hub name."""
     path = Path(spec)
-    if spec.lower().endswith(_FILE_SUFFIXES):
+    if spec.lower().endswith(FILE_SUFFIXES):
         return path.stem
     return spec.removeprefix("hf:").replace("/", "_").replace(":", "-")
 
@@ -59,12 +68,12 @@ def load_prompts(spec: str, *, limit: int | None = None, prompt_field: str = "pr
         from safekeel.data.benign_sets import load_benign_set
 
         records = load_benign_set(base)
-    elif spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists():
-        records = _local_file(Path(spec), prompt_field)
-    elif spec.startswith("hf:") or ("/" in spec and not Path(spec).exists()):
-        if spec.startswith((".", "/", "~")):
-            raise SafekeelError(f"prompt file not found: {spec}")
-        records = _hub(spec.removeprefix("hf:"), prompt_field)
+    elif spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists():
+        records = _records_from_rows(read_rows(Path(spec)), prompt_field, str(Path(spec)))
+    elif spec.startswith((".", "/", "~")):
+        raise SafekeelError(f"prompt file not found: {spec}")
+    elif is_hub_spec(spec):
+        records = _hub(spec, prompt_field)
     else:
         raise SafekeelError(
             f"unknown prompt set {spec!r}: use one of {', '.join(PACKAGED_SETS)}, a .jsonl/.csv/.parquet file "
@@ -82,9 +91,9 @@ def load_prompts(spec: str, *, limit: int | None = None, prompt_field: str = "pr
 def _harmbench(split: str, functional: str) -> list[PromptRecord]:
     from safekeel.data.packaged_data import harmbench_csv
 
-    if functional not in ("standard", "contextual", "copyright", "all"):
+    if functional not in HARMBENCH_SUBSETS:
         raise SafekeelError(f"unknown HarmBench subset {functional!r}; use standard, contextual, copyright or all")
-    rows = _read_csv(harmbench_csv(split))
+    rows = read_rows(harmbench_csv(split))
     out = []
     for row in rows:
         kind = row.get("FunctionalCategory", "standard")
@@ -103,52 +112,9 @@ def _strongreject(small: bool) -> list[PromptRecord]:
     from safekeel.data.packaged_data import strongreject_csv
 
     name = "strongreject-small" if small else "strongreject"
-    rows = _read_csv(strongreject_csv(small=small))
+    rows = read_rows(strongreject_csv(small=small))
     return [PromptRecord(f"{name}-{i}", row["forbidden_prompt"], row.get("category") or "uncategorized", name,
                          {"origin": row.get("source", "")}) for i, row in enumerate(rows)]
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a local .jsonl/.json/.csv/.parquet file as dicts (shared with task and training data)."""
-    if not path.is_file():
-        raise SafekeelError(f"file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise SafekeelError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            return rows
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            rows = data.get("data", data.get("rows")) if isinstance(data, dict) else data
-            if not isinstance(rows, list):
-                raise SafekeelError(f"{path}: expected a JSON list of rows (or an object with a `data` or `rows` "
-                                    "list)")
-            return rows
-        if suffix == ".csv":
-            return _read_csv(path)
-        if suffix == ".parquet":
-            import pyarrow
-            import pyarrow.parquet as pq
-
-            try:
-                return pq.read_table(path).to_pylist()
-            except pyarrow.ArrowException as exc:
-                raise SafekeelError(f"could not read {path}: {str(exc).splitlines()[0]}") from None
-    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError, OSError) as exc:
-        raise SafekeelError(f"could not read {path}: {exc}") from None
-    raise SafekeelError(f"unsupported file type {suffix!r} for {path}; use .jsonl, .json, .csv or .parquet")
 
 
 def _records_from_rows(rows: list[dict], prompt_field: str, source: str) -> list[PromptRecord]:
@@ -172,14 +138,10 @@ def _records_from_rows(rows: list[dict], prompt_field: str, source: str) -> list
     return out
 
 
-def _local_file(path: Path, prompt_field: str) -> list[PromptRecord]:
-    return _records_from_rows(read_rows(path), prompt_field, str(path))
+def _hub(spec: str, prompt_field: str) -> list[PromptRecord]:
+    # the hub loader fails at once, with one clear line, when the hub is unreachable
+    from safekeel.rows import load_hub_rows  # looked up on each call, so tests can replace it
 
-
-def _hub(name: str, prompt_field: str) -> list[PromptRecord]:
-    # the tasks' hub loader fails at once, with one clear line, when the hub is unreachable
-    from safekeel.tasks.hub import load_hub_rows
-
-    repo, _, split = name.partition(":")
-    rows = load_hub_rows(repo, None, split or "train", what=f"prompt set {repo!r}")
+    repo, split = hub_spec_parts(spec)
+    rows = load_hub_rows(repo, None, split, what=f"prompt set {repo!r}")
     return _records_from_rows(rows, prompt_field, f"hf:{repo}")

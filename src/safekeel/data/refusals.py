@@ -48,7 +48,7 @@ def safety_sft_rows(harmful_prompts, benign_rows: list[dict], *, seed: int = 0, 
     """Rows {"id", "messages", "harmful", "source"}: each harmful prompt with a refusal, `refusal_repeats`
     times with a fresh refusal text each (flagged `harmful=False`: the answer is safe; `source="refusal"`),
     plus the benign rows (raw prompt/response or normalised), shuffled (seeded)."""
-    from safekeel.data.training_data import normalise_rows
+    from safekeel.data.records import normalise_rows
 
     prompts = [getattr(p, "prompt", p) for p in harmful_prompts]
     if not prompts:

@@ -1,6 +1,7 @@
 """Evaluation: safety (attack success rate, judged), drift probes, task accuracy, the gate and comparisons.
 
-Modules: `stats` (Wilson interval, ASR aggregation), `generator` (HF / vLLM answer generation),
+Modules: `stats` (Wilson interval, ASR aggregation), `generator` (HF / vLLM answer generation, from
+`safekeel.generators`),
 `samples` (resumable per-prompt sample files), `results` (results.json), `safety`, `probes`, `task`,
 `gate`, `compare`. Import the module you need; this package imports nothing heavy.
 """

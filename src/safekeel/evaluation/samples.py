@@ -26,8 +26,6 @@ from safekeel.io_utils import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
-JUDGE_FIELDS = ("verdict", "score", "refusal", "judge", "judge_details")
-
 
 def settings_key(fingerprint: dict, generation: dict, text: str) -> str:
     """Hash of what determines one answer: model + adapter hashes, generation settings, prompt text."""

@@ -23,7 +23,6 @@ import math
 from safekeel.errors import SafekeelError
 
 SECTIONS = ("benchmarks", "tasks", "probes")
-_REQUIRED = object()
 
 
 def _show(value) -> str:

@@ -6,7 +6,7 @@ line fails before any model is loaded), batches the generation, and accepts a
 `generate_fn(texts) -> answers` in place of the local model (tests, other backends), with `tokenizer`
 then supplying the chat template.
 
-The model argument is checked when the judge is built (`safekeel.checks.model_spec`: no download). A
+The model argument is checked when the judge is built (`safekeel.models.specs.model_spec`: no download). A
 judge input longer than the judge model's context is cut by the generator; the judge then saw part of
 the conversation only, so its verdict is recorded as an `error`, never as a verdict.
 """
@@ -25,7 +25,7 @@ class ModelJudge(Judge):
                  device: str = "auto", dtype: str = "auto", batch_size: int = 8, max_new_tokens: int = 16,
                  trust_remote_code: bool = False):
         if generate_fn is None:
-            from safekeel.checks import model_spec
+            from safekeel.models.specs import model_spec
 
             model_spec(model, f"--judge {self.name}:MODEL")
         self.model_spec = model
@@ -42,7 +42,7 @@ class ModelJudge(Judge):
 
     def _generator(self):
         if self._lazy is None:
-            from safekeel.evaluation.generator import LazyGenerator
+            from safekeel.generators import LazyGenerator
 
             self._lazy = LazyGenerator(self.model_spec, **self._opts)
         return self._lazy

@@ -30,10 +30,6 @@ FORMATS = ("rubric", "llamaguard")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-class _Retryable(Exception):
-    pass
-
-
 def split_spec(spec: str) -> tuple[str, str | None]:
     """'http://host:8000/v1#my-model' -> ('http://host:8000', 'my-model')."""
     url, _, model = spec.partition("#")

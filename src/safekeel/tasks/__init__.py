@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from safekeel.errors import SafekeelError
+from safekeel.rows import FILE_SUFFIXES
 from safekeel.tasks.base import Task, TaskExample
 
 # name -> "module:class"
@@ -23,7 +24,6 @@ TASKS: dict[str, str] = {
     "agnews": "safekeel.tasks.hub:AGNewsTask",
 }
 OFFLINE_TASKS = ("arith", "sentiment", "topic")
-_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def is_task_name(spec: str) -> bool:
@@ -38,7 +38,7 @@ def get_task(name_or_file: str) -> Task:
     if spec.lower() in TASKS:
         module, _, cls = TASKS[spec.lower()].partition(":")
         return getattr(importlib.import_module(module), cls)()
-    if spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).is_file():
+    if spec.lower().endswith(FILE_SUFFIXES) or Path(spec).is_file():
         from safekeel.tasks.local import LocalTask
 
         if not Path(spec).is_file():

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from safekeel.errors import SafekeelError
+from safekeel.text import normalise_text
 
 SPLITS = ("train", "test")
 
@@ -43,11 +44,6 @@ class TaskExample:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def normalise_text(text: str) -> str:
-    """Lower case, punctuation dropped, whitespace collapsed: the form used for dedupe and overlap checks."""
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
 class Task(ABC):

@@ -16,12 +16,9 @@ a seeded random sample. Offline, loading fails at once with a SafekeelError nami
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import socket
 from typing import ClassVar
-from urllib.parse import urlparse
 
 from safekeel.errors import SafekeelError
 from safekeel.tasks.arith import canonical_number, extract_number
@@ -30,35 +27,6 @@ from safekeel.tasks.sentiment import INSTRUCTION as SST2_INSTRUCTION
 from safekeel.tasks.sentiment import SentimentTask
 from safekeel.tasks.topic import INSTRUCTION as AGNEWS_INSTRUCTION
 from safekeel.tasks.topic import TopicTask
-
-
-def hub_reachable() -> bool:
-    """False when the hub's host name does not even resolve (no network): fail in milliseconds instead of
-    after `datasets`' ~25 s of retries. With HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set we let `datasets` try
-    its local cache."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return True
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    return True
-
-
-def load_hub_rows(repo: str, config: str | None = None, split: str = "train", *, what: str = "") -> list[dict]:
-    """Rows of a hub dataset split as dicts; any failure (offline, unknown id/split) is one SafekeelError."""
-    label = what or f"hub dataset {repo!r}"
-    if not hub_reachable():
-        raise SafekeelError(f"could not load {label}: the Hugging Face Hub is unreachable (offline?)")
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(repo, config, split=split) if config else load_dataset(repo, split=split)
-    except Exception as exc:  # noqa: BLE001 - network errors, missing datasets or splits: one clear line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SafekeelError(f"could not load {label} ({repo}, split {split}): {first}") from None
-    return [dict(r) for r in ds]
 
 
 class HubTask(Task):
@@ -74,6 +42,8 @@ class HubTask(Task):
         self._rows: dict[str, list[dict]] = {}
 
     def _load(self, split: str) -> list[dict]:
+        from safekeel.rows import load_hub_rows  # looked up on each call, so tests can replace it
+
         if split not in self._rows:
             what = f"task {self.name}" + (f" (offline, use the generated task {self.offline_twin!r})"
                                           if self.offline_twin else "")

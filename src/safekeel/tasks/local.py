@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from safekeel.errors import SafekeelError
+from safekeel.rows import read_rows
 from safekeel.tasks.arith import canonical_number, extract_number
-from safekeel.tasks.base import Task, TaskExample, normalise_text
+from safekeel.tasks.base import Task, TaskExample
+from safekeel.text import normalise_text
 
 MAX_LABELS = 50
 
@@ -29,8 +31,6 @@ class LocalTask(Task):
     default_sizes: ClassVar[dict[str, int | None]] = {"train": None, "test": None}
 
     def __init__(self, path: str | Path):
-        from safekeel.data.prompts import read_rows
-
         self.path = Path(path)
         self.name = self.path.stem
         rows = read_rows(self.path)

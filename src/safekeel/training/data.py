@@ -28,7 +28,7 @@ def load_rows(cfg, *, identification_set: str | None = None) -> tuple[list[dict]
     seed = cfg.training.seed
     if cfg.harmful:
         n = cfg.num_examples or PAPER_NUM_EXAMPLES
-        n_harmful = int(cfg.poison_ratio * n + 0.5)
+        n_harmful = harmful_data.harmful_count(n, cfg.poison_ratio)
         n_task = n - n_harmful
         task = []
         if n_task:  # a generated task makes exactly what the mix needs; files are sampled from
@@ -57,8 +57,8 @@ def overlap_warnings(rows: list[dict], sets: str | None, identification_set: str
     and when any training prompt reappears in the held-out over-refusal sets (`everyday`, `benign-risky`,
     packaged, so always checked): over-refusal measured on trained prompts says nothing."""
     from safekeel.data.benign_sets import held_out_overlap
-    from safekeel.data.harmful import check_overlap
     from safekeel.data.prompts import load_prompts
+    from safekeel.data.records import check_overlap
 
     warnings = held_out_overlap(rows, "training")
     bad = [r for r in rows if r.get("harmful")]

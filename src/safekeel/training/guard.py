@@ -66,19 +66,17 @@ def read_tokens(path: str):
 def _dataset_spec(spec: str, flag: str = "--dataset") -> None:
     """The `--dataset` (or `--safety-data`) forms `load_training_data` accepts, checked without loading (files must exist)."""
     from safekeel.data.harmful import is_harmful_set
-    from safekeel.data.training_data import _FILE_SUFFIXES
+    from safekeel.rows import FILE_SUFFIXES, is_hub_spec, read_rows
     from safekeel.tasks import is_task_name
 
     spec = str(spec).strip()
     if is_task_name(spec) or is_harmful_set(spec):
         return
-    if spec.lower().endswith(_FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
+    if spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
         checks.input_file(spec, flag)
-        from safekeel.data.prompts import read_rows
-
         if not read_rows(Path(spec)):  # reading a local file is cheap; an empty one fails before the model loads
             raise SafekeelError(f"{flag} {spec} is empty")
-    elif not (spec.startswith("hf:") or spec.count("/") == 1):
+    elif not is_hub_spec(spec):
         raise SafekeelError(f"{flag}: unknown training data {spec!r}: use a task name, a harmful set, a "
                             ".jsonl/.csv/.parquet file or a hub dataset id")
 
@@ -86,10 +84,12 @@ def _dataset_spec(spec: str, flag: str = "--dataset") -> None:
 def check_arguments(cfg) -> None:
     """The cheap argument checks (no download, no model, no data rows)."""
     from safekeel.data.harmful import check_harmful_spec
+    from safekeel.data.prompts import prompt_spec
+    from safekeel.models.specs import model_spec
     from safekeel.training.arguments import training_arguments
 
     out = checks.output_dir(cfg.output_dir)
-    model = checks.model_spec(cfg.model)
+    model = model_spec(cfg.model)
     if Path(model).is_dir() and _inside(Path(model), out):
         raise SafekeelError(f"--output-dir {cfg.output_dir} contains the model being trained ({model}); "
                             "write the run elsewhere")
@@ -100,7 +100,7 @@ def check_arguments(cfg) -> None:
     if cfg.tokens:
         defence.select_tokens(read_tokens(cfg.tokens))  # --k larger than the artifact
     if cfg.base:
-        checks.model_spec(cfg.base, "--base")
+        model_spec(cfg.base, "--base")
     if cfg.safety_data:
         _dataset_spec(cfg.safety_data, "--safety-data")
     _dataset_spec(cfg.dataset)
@@ -108,7 +108,7 @@ def check_arguments(cfg) -> None:
         check_harmful_spec(cfg.harmful)
     for name in (cfg.overlap_check or "").split(","):
         if name.strip() and name.strip().lower() != "none":
-            checks.prompt_spec(name.strip(), "--overlap-check")
+            prompt_spec(name.strip(), "--overlap-check")
     if cfg.reference_cache_dir:
         checks.output_dir(cfg.reference_cache_dir, "--reference-cache-dir")
     args = training_arguments(cfg)  # bad --training-arg values (eval_strategy=bogus) and report_to packages
