@@ -11,6 +11,8 @@ Modes:
   pact-cache  PACT, reference K-logits read from the cache; the one-off cache pass is timed separately
   naive       PACT as the authors' code computes it: a second full model copy and two full-vocabulary
               reference forwards per step, gathered at the safety tokens afterwards
+  kl          the full-vocabulary KL baseline (live reference, full-vocabulary reference logits)
+  constrained-sft  Qi et al.'s token-wise constrained SFT (live reference answer-token log-probs)
 
 Reported per mode: seconds per step (median over the measured steps after warm-up, pooled over
 `--repeats` rounds of all modes), tokens/s, peak memory, ratios to SFT, and an end-to-end ratio for a
@@ -36,7 +38,9 @@ import threading
 import time
 from pathlib import Path
 
-MODES = ("sft", "pact-live", "pact-cache", "naive")
+MODES = ("sft", "pact-live", "pact-cache", "naive", "kl", "constrained-sft")
+METHOD_OF = {"sft": "sft", "pact-live": "pact", "pact-cache": "pact", "naive": "pact", "kl": "kl",
+             "constrained-sft": "constrained_sft"}  # mode -> --method
 # Shapes of public configs, hard-coded because the benchmark machine has no network.
 RANDOM_CONFIGS = {
     "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -127,12 +131,13 @@ def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> d
     """`safekeel train` options of one mode (flat names) on the shared set-up; outputs under `work`."""
     import torch
 
-    flat = {"method": "sft" if mode == "sft" else "pact", "model": setup["model"], "dataset": setup["data"],
-            "tokens": None if mode == "sft" else setup["tokens"], "output_dir": str(work / "out"),
+    method = METHOD_OF[mode]
+    flat = {"method": method, "model": setup["model"], "dataset": setup["data"],
+            "tokens": setup["tokens"] if method == "pact" else None, "output_dir": str(work / "out"),
             "max_steps": max_steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
             "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
             "reference_cache": "on" if mode == "pact-cache" else "off", "reference_cache_dir": str(work / "cache"),
-            "max_length": args.prompt_tokens + args.answer_tokens + 64, "full": args.full, "k": None,
+            "max_length": args.prompt_tokens + args.answer_tokens + 64, "full": args.full,
             "gradient_checkpointing": args.gradient_checkpointing, "report_to": "none"}
     if args.bf16 and torch.cuda.is_available():
         flat["dtype"] = "bfloat16"
@@ -210,10 +215,10 @@ def report(results: dict, args) -> dict:
         r.update(step_ratio=r["s_per_step"] / sft["s_per_step"], memory_ratio=r["peak_bytes"] / sft["peak_bytes"],
                  end_to_end_ratio=e2e, end_to_end_ratio_1_epoch=e2e_1)
         rows.append(r)
-    print(f"\n{'mode':<11} {'s/step':>8} {'tokens/s':>9} {'peak MiB':>9} {'step×':>6} {'mem×':>6} {'e2e×':>6} "
+    print(f"\n{'mode':<16} {'s/step':>8} {'tokens/s':>9} {'peak MiB':>9} {'step×':>6} {'mem×':>6} {'e2e×':>6} "
           f"{'e2e×1ep':>8} {'cache s':>8}")
     for r in rows:
-        print(f"{r['mode']:<11} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>9.0f} {r['peak_bytes'] / 2**20:>9.0f} "
+        print(f"{r['mode']:<16} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>9.0f} {r['peak_bytes'] / 2**20:>9.0f} "
               f"{r['step_ratio']:>6.2f} {r['memory_ratio']:>6.2f} {r['end_to_end_ratio']:>6.2f} "
               f"{r['end_to_end_ratio_1_epoch']:>8.2f} {r['cache_seconds']:>8.2f}")
     print(f"(end to end: {steps_run} steps = {args.examples} examples x {args.epochs} epochs at batch {args.batch_size},"

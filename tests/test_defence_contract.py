@@ -16,7 +16,8 @@ from safekeel.testing import tiny_config, tiny_setup
 from safekeel.training.run import prepare, train
 
 # what each built-in must log besides ce (a new defence adds its line; the test fails until it does)
-EXPECTED_STATS = {"sft": set(), "kl": {"kl"}, "pact": {"kl", "gate_first_n", "safety_mass_ft"}}
+EXPECTED_STATS = {"sft": set(), "kl": {"kl"}, "pact": {"kl", "gate_first_n", "safety_mass_ft"},
+                  "constrained_sft": {"cs_weight", "cs_logratio"}}
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,7 @@ class StepState:
     ft_lse: Tensor | None  # [B, A] fine-tuned full-vocabulary log-sum-exp (with graph)
     safety_refs: Callable[[bool], dict] | None  # need_lse -> {"ref_full", "ref_post", "ref_lse"?} [B, A, (K)]
     full_refs: Callable[[], Tensor] | None  # -> reference logits [B, A, V] at the answer positions
+    target_refs: Callable[[], Tensor] | None = None  # -> reference log p(y_t) [B, A] of the answer tokens
     model: Any = None  # the model being trained (wrapped as the Trainer runs it)
     global_step: int = 0  # optimizer steps done before this micro-batch
     phase: str = "train"  # "train" (the only phase today; monitors will add others)
@@ -145,8 +146,9 @@ class Defence:
     # -- declared needs (checked before anything loads) ----------------------------------------------
     @property
     def reference(self) -> str | None:
-        """None (no reference), "safety" (the reference's K safety logits, cached or live) or "full"
-        (the reference's full-vocabulary logits, live)."""
+        """None (no reference), "safety" (the reference's K safety logits, cached or live), "target"
+        (the reference's log-probability of each answer token, live) or "full" (the reference's
+        full-vocabulary logits, live). The reference is the model before fine-tuning."""
         return None
 
     def needs(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ DEFENCES: dict[str, str] = {
     "sft": "safekeel.defences.sft:SFT",
     "kl": "safekeel.defences.kl:FullKL",
     "pact": "safekeel.defences.pact:Pact",
+    "constrained_sft": "safekeel.defences.constrained_sft:ConstrainedSFT",
 }
 
 _extra: dict[str, object] = {}  # name -> class or "module:Class", from register_defence
@@ -86,7 +87,8 @@ def describe() -> list[dict]:
         d = cls()
         needs = [f"--{k.replace('_', '-')}" for k in d.needs()]
         if d.reference:
-            needs.append({"safety": "reference K-logits (cached)", "full": "reference logits (live)"}[d.reference])
+            needs.append({"safety": "reference K-logits (cached)", "full": "reference logits (live)",
+                          "target": "reference answer-token log-probs (live)"}[d.reference])
         rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "needs": needs or ["-"],
                      "options": [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls.options_class)] or ["-"],
                      "lora": "lora" in cls.supports, "full": "full" in cls.supports})

@@ -151,6 +151,25 @@ class SafetyReference:
         return out
 
     @torch.no_grad()
+    def target_logps(self, batch: dict) -> Tensor:
+        """log p_ref(y_t | x, y_<t) [B, A] of each answer token (0 off the mask), float32: the target's own
+        head row and the chunked log-sum-exp, never [B, A, V] logits (constrained SFT needs these)."""
+        mask = batch["answer_mask"]
+        h = gather_frame(self.hidden(batch["input_ids"], batch["attention_mask"]), batch["answer_index"])[mask]
+        head = output_head(self.model)
+        base = getattr(head, "base_layer", head)
+        targets = batch["answer_targets"][mask].to(base.weight.device)
+        rows = base.weight.index_select(0, targets)  # [N, H]
+        z = (h.to(rows.dtype).float() * rows.float()).sum(-1)  # [N]
+        bias = getattr(base, "bias", None)
+        if bias is not None:
+            z = z + bias.index_select(0, targets).float()
+        z = softcap(z, self.model.config)
+        out = torch.zeros(mask.shape, device=h.device)
+        out[mask] = z - self.log_sum_exp(h)
+        return out
+
+    @torch.no_grad()
     def full_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The reference's full-vocabulary logits [B, L, V] (the `kl` baseline needs them)."""
         with self._reference_mode() as m:
@@ -173,6 +192,22 @@ class SafetyReference:
                                 f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer, which the "
                                 "safety-token reference needs; use a defence with a full-vocabulary reference "
                                 "(--method kl, or --kl-scope full)")
+        return float(diff.max()) if diff.numel() else 0.0
+
+
+    def check_targets(self, batch: dict) -> float:
+        """Compare `target_logps` with the full forward's log-softmax at the answer tokens; raise if they
+        differ. Returns the max abs difference."""
+        fast = self.target_logps(batch)
+        full = self.full_logits(batch["input_ids"], batch["attention_mask"]).float().log_softmax(-1)
+        targets = batch["answer_targets"].clamp(min=0)  # padding is -100
+        slow = gather_frame(full, batch["answer_index"]).gather(-1, targets.unsqueeze(-1))[..., 0]
+        m = batch["answer_mask"]
+        diff = (fast[m] - slow[m]).abs()
+        tol = 1e-3 if full.dtype == torch.float32 and next(self.model.parameters()).dtype == torch.float32 else 0.05
+        if bool((diff > tol * (1 + slow[m].abs())).any()):
+            raise SafekeelError(f"the reference's answer-token log-probabilities differ from the model's by up to "
+                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer")
         return float(diff.max()) if diff.numel() else 0.0
 
 

@@ -187,8 +187,8 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     model = defence.configure_model(model)
     if mode == "live":
         live = SafetyReference(frozen if frozen is not None else model, ids)
-        if defence.reference == "safety":
-            _self_check(live, Collator(pad_id), examples, args.device)
+        if defence.reference in ("safety", "target"):
+            _self_check(live, Collator(pad_id), examples, args.device, defence.reference)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {"data": {**data_summary, **enc_summary}, "model": model_fp, "tokenizer_sha256": tokenizer_fingerprint(tok),
@@ -253,14 +253,18 @@ def _check_live_reference_is_supported(args, kind: str) -> None:
         raise SafekeelError(f"under {backend} the reference must come from the cache: use --reference-cache on "
                             "(the live reference calls the unwrapped model, whose parameters are sharded)")
     if backend:
-        raise SafekeelError(f"a full-vocabulary reference (--method kl or --kl-scope full) is computed live, which "
-                            f"{backend} does not allow here; use DDP (plain `accelerate launch` / torchrun)")
+        raise SafekeelError(f"the {kind} reference (--method kl, --kl-scope full, constrained_sft) is computed live, "
+                            f"which {backend} does not allow here; use DDP (plain `accelerate launch` / torchrun)")
 
 
-def _self_check(ref, collator, examples, device) -> None:
-    """One comparison of the K-row projection against the full forward, before any training."""
+def _self_check(ref, collator, examples, device, kind: str = "safety") -> None:
+    """One comparison of the fast reference (K-row projection, or the answer tokens' log-probabilities)
+    against the full forward, before any training."""
     batch = {k: v.to(device) for k, v in collator(examples[:2]).items()}
-    ref.check(batch)
+    if kind == "target":
+        ref.check_targets(batch)
+    else:
+        ref.check(batch)
 
 
 def train(cfg: RunConfig, *, progress: bool = True) -> TrainResult:

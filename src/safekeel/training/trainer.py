@@ -83,7 +83,8 @@ class SafekeelTrainer(Trainer):
             ft_lse = z.new_zeros(shape).index_put((rows, cols), lse)
         step = StepState(batch=inputs, logits=logits, logits_start=start, mask=mask, ce=ce_frame, ft_k=ft_k,
                          ft_lse=ft_lse, safety_refs=lambda need_lse: self._safety_refs(inputs, need_lse),
-                         full_refs=lambda: self._full_refs(inputs), model=model, global_step=self.state.global_step,
+                         full_refs=lambda: self._full_refs(inputs), target_refs=lambda: self._target_refs(inputs),
+                         model=model, global_step=self.state.global_step,
                          source=self.batch_plan.source_of(self.state.global_step) if self.batch_plan else "main")
         terms: LossTerms = self.defence.loss(step)
         if terms.token_weights is not None:
@@ -159,6 +160,12 @@ class SafekeelTrainer(Trainer):
         if self.reference is None:
             raise SafekeelError("this method needs reference logits but neither a cache nor a live reference is set")
         return self.reference.views(inputs, need_lse=need_lse)
+
+    def _target_refs(self, inputs: dict) -> torch.Tensor:
+        if self.reference is None:
+            raise SafekeelError("this defence needs the reference's answer-token log-probabilities but no live "
+                                "reference is set (its `reference` must be \"target\")")
+        return self.reference.target_logps(inputs)
 
     def _full_refs(self, inputs: dict) -> torch.Tensor:
         full = self.reference.full_logits(inputs["input_ids"], inputs["attention_mask"])
