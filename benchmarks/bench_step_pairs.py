@@ -17,7 +17,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,10 +42,7 @@ def main(argv=None) -> int:
     from safekeel.training.run import prepare
 
     root = Path(tempfile.mkdtemp(prefix="bench-pairs-"))
-    setup_args = argparse.Namespace(tiny=args.tiny, random_config=None, model=args.model, k=args.k,
-                                    prompt_tokens=args.prompt_tokens, answer_tokens=args.answer_tokens,
-                                    examples=args.batch_size, batch_size=args.batch_size, bf16=False, full=False,
-                                    gradient_checkpointing=False)
+    setup_args = bench_train.pair_setup_args(args)
     setup = bench_train.make_setup(setup_args, root)
     trainers, batches = {}, {}
     for mode in ("sft", "pact-cache"):
@@ -56,20 +52,10 @@ def main(argv=None) -> int:
         batches[mode] = prep.collator(prep.examples[: args.batch_size])
         prep.trainer.model.train()
 
-    def step(mode: str) -> float:
-        tr = trainers[mode]
-        t = time.perf_counter()
-        loss = tr.compute_loss(tr.model, batches[mode])
-        loss.backward()
-        dt = time.perf_counter() - t
-        tr.model.zero_grad(set_to_none=True)
-        tr._sums = {}
-        return dt
-
     times = {"sft": [], "pact-cache": []}
     for i in range(args.warmup + args.pairs):
         for mode in (("sft", "pact-cache") if i % 2 == 0 else ("pact-cache", "sft")):  # alternate who goes first
-            dt = step(mode)
+            dt, _ = bench_train.timed_step(trainers[mode], batches[mode])
             if i >= args.warmup:
                 times[mode].append(dt)
     ratios = [c / s for s, c in zip(times["sft"], times["pact-cache"])]

@@ -127,6 +127,27 @@ class _PeakRSS:
         self.thread.join()
 
 
+def pair_setup_args(args) -> argparse.Namespace:
+    """The `make_setup`/`mode_flags` settings of the interleaved benchmarks (bench_step_pairs, bench_versions):
+    one batch of data, LoRA, fp32."""
+    return argparse.Namespace(tiny=args.tiny, random_config=None, model=args.model, k=args.k,
+                              prompt_tokens=args.prompt_tokens, answer_tokens=args.answer_tokens,
+                              examples=args.batch_size, batch_size=args.batch_size, bf16=False, full=False,
+                              gradient_checkpointing=False)
+
+
+def timed_step(trainer, batch) -> tuple[float, float]:
+    """(seconds, loss) of one `compute_loss` + backward on `batch`; gradients and log sums are cleared
+    after, so the next call starts from the same state (no optimizer step)."""
+    t = time.perf_counter()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    dt = time.perf_counter() - t
+    trainer.model.zero_grad(set_to_none=True)
+    trainer._sums = {}
+    return dt, float(loss.detach())
+
+
 def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> dict:
     """`safekeel train` options of one mode (flat names) on the shared set-up; outputs under `work`."""
     import torch

@@ -23,7 +23,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,10 +64,7 @@ def main(argv=None) -> int:
     baseline = import_baseline(Path(args.baseline_src))
     versions = {"this": "safekeel", "baseline": baseline.__name__}
     root = Path(tempfile.mkdtemp(prefix="bench-versions-"))
-    setup_args = argparse.Namespace(tiny=args.tiny, random_config=None, model=args.model, k=args.k,
-                                    prompt_tokens=args.prompt_tokens, answer_tokens=args.answer_tokens,
-                                    examples=args.batch_size, batch_size=args.batch_size, bf16=False, full=False,
-                                    gradient_checkpointing=False)
+    setup_args = bench_train.pair_setup_args(args)
     setup = bench_train.make_setup(setup_args, root)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     trainers, batches = {}, {}
@@ -82,23 +78,13 @@ def main(argv=None) -> int:
             batches[version, mode] = prep.collator(prep.examples[: args.batch_size])
             prep.trainer.model.train()
 
-    def step(version: str, mode: str) -> tuple[float, float]:
-        tr = trainers[version, mode]
-        t = time.perf_counter()
-        loss = tr.compute_loss(tr.model, batches[version, mode])
-        loss.backward()
-        dt = time.perf_counter() - t
-        tr.model.zero_grad(set_to_none=True)
-        tr._sums = {}
-        return dt, float(loss.detach())
-
     times = {f"{v}/{m}": [] for v in versions for m in modes}
     losses = {f"{v}/{m}": None for v in versions for m in modes}
     for i in range(args.warmup + args.pairs):
         for mode in modes:
             order = ("this", "baseline") if i % 2 == 0 else ("baseline", "this")  # alternate who goes first
             for version in order:
-                dt, loss = step(version, mode)
+                dt, loss = bench_train.timed_step(trainers[version, mode], batches[version, mode])
                 losses[f"{version}/{mode}"] = loss
                 if i >= args.warmup:
                     times[f"{version}/{mode}"].append(dt)

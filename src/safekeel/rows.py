@@ -28,6 +28,12 @@ def is_hub_spec(spec: str) -> bool:
     return spec.startswith("hf:") or spec.count("/") == 1
 
 
+def is_file_spec(spec: str) -> bool:
+    """Whether an argument names a local file: a known suffix, an existing path, or a path-like start
+    (`.`, `/`, `~`), so a missing file is reported as one rather than tried on the hub."""
+    return spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~"))
+
+
 def hub_spec_parts(spec: str) -> tuple[str, str]:
     """(repo, split) of a hub spec (`is_hub_spec`); the split is "train" unless the spec names one."""
     repo, _, split = spec.removeprefix("hf:").partition(":")

@@ -19,7 +19,7 @@ from pathlib import Path
 from safekeel.checks import input_file
 from safekeel.data.records import PromptRecord
 from safekeel.errors import SafekeelError
-from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_hub_spec, read_rows
+from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_file_spec, is_hub_spec, read_rows
 
 PACKAGED_SETS = ("harmbench", "harmbench-val", "strongreject", "strongreject-small", "everyday", "benign-risky",
                  "instructions")
@@ -38,7 +38,7 @@ def prompt_spec(spec: str | None, flag: str = "--prompts") -> str:
         return spec
     if base in PACKAGED_SETS and not option:
         return spec
-    if spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~")):
+    if is_file_spec(spec):
         input_file(spec, flag)
         return spec
     if is_hub_spec(spec):

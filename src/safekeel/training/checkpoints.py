@@ -24,7 +24,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from safekeel.errors import SafekeelError
-from safekeel.training.config import RunConfig, resume_value  # noqa: F401 - resume_value re-exported
+from safekeel.training.config import RunConfig
 
 log = logging.getLogger(__name__)
 

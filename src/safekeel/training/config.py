@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field, fields
 
-from safekeel.defences.base import DefenceOptions, coerce, parse_bool, type_name
+from safekeel.defences.base import DefenceOptions, coerce, type_name
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ __all__ = [
     "TrainingOptions",
     "build_config",
     "normalise_key",
-    "parse_bool",
 ]
 
 # spellings of older releases and of TRL / transformers, mapped to ours (flags and YAML keys alike)

@@ -182,33 +182,32 @@ class SafetyReference:
                                      batch["answer_mask"])
         full = self.full_logits(batch["input_ids"], batch["attention_mask"])
         slow = gather_frame(full[:, :, self.ids.to(full.device)], batch["answer_index"]).float()
-        m = batch["answer_mask"]
-        diff = (fast[m] - slow[m]).abs()
-        tol = dtype_tolerance if dtype_tolerance is not None else (
-            1e-3 if full.dtype == torch.float32 else 0.05)
-        bad = diff > tol * (1 + slow[m].abs())
-        if bool(bad.any()):
-            raise SafekeelError(f"the reference's safety-row projection differs from the model's logits by up to "
-                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer, which the "
-                                "safety-token reference needs; use a defence with a full-vocabulary reference "
-                                "(--method kl, or --kl-scope full)")
-        return float(diff.max()) if diff.numel() else 0.0
-
+        return _compare(fast, slow, batch["answer_mask"], full.dtype, dtype_tolerance,
+                        "the reference's safety-row projection differs from the model's logits",
+                        "which the safety-token reference needs; use a defence with a full-vocabulary reference "
+                        "(--method kl, or --kl-scope full)")
 
     def check_targets(self, batch: dict) -> float:
         """Compare `target_logps` with the full forward's log-softmax at the answer tokens; raise if they
         differ. Returns the max abs difference."""
         fast = self.target_logps(batch)
-        full = self.full_logits(batch["input_ids"], batch["attention_mask"]).float().log_softmax(-1)
+        full = self.full_logits(batch["input_ids"], batch["attention_mask"])
         targets = batch["answer_targets"].clamp(min=0)  # padding is -100
-        slow = gather_frame(full, batch["answer_index"]).gather(-1, targets.unsqueeze(-1))[..., 0]
-        m = batch["answer_mask"]
-        diff = (fast[m] - slow[m]).abs()
-        tol = 1e-3 if full.dtype == torch.float32 and next(self.model.parameters()).dtype == torch.float32 else 0.05
-        if bool((diff > tol * (1 + slow[m].abs())).any()):
-            raise SafekeelError(f"the reference's answer-token log-probabilities differ from the model's by up to "
-                                f"{float(diff.max()):.3g}: this model's output head is not a plain linear layer")
-        return float(diff.max()) if diff.numel() else 0.0
+        logp = gather_frame(full.float().log_softmax(-1), batch["answer_index"])  # [B, A, V]
+        slow = logp.gather(-1, targets.unsqueeze(-1))[..., 0]
+        return _compare(fast, slow, batch["answer_mask"], full.dtype, None,
+                        "the reference's answer-token log-probabilities differ from the model's", "")
+
+
+def _compare(fast: Tensor, slow: Tensor, mask: Tensor, dtype, tolerance: float | None, what: str, advice: str) -> float:
+    """Max |fast - slow| over the mask; SafekeelError when it exceeds tolerance · (1 + |slow|) (default
+    1e-3 for float32 logits, 0.05 for half precision)."""
+    diff = (fast[mask] - slow[mask]).abs()
+    tol = tolerance if tolerance is not None else (1e-3 if dtype == torch.float32 else 0.05)
+    if bool((diff > tol * (1 + slow[mask].abs())).any()):
+        raise SafekeelError(f"{what} by up to {float(diff.max()):.3g}: this model's output head is not a plain "
+                            f"linear layer" + (f", {advice}" if advice else ""))
+    return float(diff.max()) if diff.numel() else 0.0
 
 
 class NaiveReference(SafetyReference):
