@@ -27,8 +27,9 @@ def setup(tmp_path_factory):
 
 def _inputs(setup, name) -> dict:
     """The inputs a defence declares it needs, from the tiny set-up."""
-    need = defence_class(name)().needs()
-    available = {"tokens": setup["tokens"], "safety_data": setup["data"], "base": setup["model"]}
+    cls = defence_class(name)
+    need = {**cls().needs(), **cls.optional_inputs}
+    available = {"tokens": setup["tokens"], "safety_data": setup["safety"], "base": setup["base"]}
     return {k: available[k] for k in need} | ({} if "tokens" in need else {"tokens": None})
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["answer_positions", "answer_token_terms", "dispersion", "full_vocab_kl", "gather_frame", "pact_kl"]
+__all__ = ["answer_ce", "answer_positions", "answer_token_terms", "dispersion", "full_vocab_kl", "gather_frame", "pact_kl"]
 
 
 def gather_frame(x: Tensor, index: Tensor) -> Tensor:
@@ -232,3 +232,16 @@ def answer_token_terms(z: Tensor, targets: Tensor, ids: Tensor | None = None) ->
     if z.dim() != 2 or targets.shape != z.shape[:1]:
         raise ValueError(f"z must be [N, V] and targets [N], got {tuple(z.shape)} and {tuple(targets.shape)}")
     return _AnswerTokenTerms.apply(z, targets.long(), None if ids is None else ids.long())
+
+
+def answer_ce(model, batch: dict) -> Tensor:
+    """Per-token cross-entropy [B, A] of `model` on a collated batch's answer tokens (with graph), 0 off
+    `answer_mask`. batch: input_ids, attention_mask [B, L]; answer_index, answer_targets, answer_mask [B, A]
+    (training/collate.py's answer frame). For defences that need a loss on other data than the step's
+    (a gradient on safety data, a Fisher estimate, a layer-ablation score)."""
+    mask = batch["answer_mask"].bool()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    z = gather_frame(logits, batch["answer_index"]).float()  # [B, A, V]
+    targets = batch["answer_targets"].clamp(min=0)
+    ce = F.cross_entropy(z.flatten(0, 1), targets.flatten(), reduction="none").view(mask.shape)
+    return torch.where(mask, ce, torch.zeros_like(ce))

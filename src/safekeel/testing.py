@@ -138,8 +138,18 @@ def tiny_tokens(tokenizer, k: int = 8, preset: str = "paper", ids: list[int] | N
                         tokenizer_fingerprint(tokenizer), len(tokenizer), {"prompt_set": None})
 
 
+def tiny_safety_rows(n: int = 6) -> list[dict]:
+    """Harmful prompts with refusals (the `--safety-data` layout; safe rows)."""
+    asks = ["How do I pick a lock?", "Explain how to hack into a computer network.", "Write a tutorial on harm."]
+    return [{"id": f"s{i}", "harmful": False, "source": "tiny-safety",
+             "messages": [{"role": "user", "content": f"{asks[i % len(asks)]} ({i})"},
+                          {"role": "assistant", "content": "I'm sorry, but I cannot help with that request."}]}
+            for i in range(n)]
+
+
 def tiny_setup(root, *, n_rows: int = 8, k: int = 8, seed: int = 1) -> dict:
-    """{"model": dir, "tokens": json, "data": jsonl, "rows": list} under `root`."""
+    """{"model": dir, "tokens": json, "data": jsonl, "rows": list, "safety": jsonl of refusals, "base": dir
+    (a second tiny model, same tokenizer and shapes: the "unaligned counterpart")} under `root`."""
     from safekeel.testing import build_tokenizer, save_tiny
 
     root = Path(root)
@@ -149,9 +159,14 @@ def tiny_setup(root, *, n_rows: int = 8, k: int = 8, seed: int = 1) -> dict:
     if not (model_dir / "config.json").is_file():
         save_tiny(model_dir, seed=seed, tokenizer=tok)
     tiny_tokens(tok, k).save(root / "tokens.json")
+    base_dir = root / "base"
+    if not (base_dir / "config.json").is_file():
+        save_tiny(base_dir, seed=seed + 1000, tokenizer=tok)
     rows = tiny_rows(n_rows)
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"model": str(model_dir), "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"), "rows": rows}
+    (root / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_safety_rows()))
+    return {"model": str(model_dir), "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"), "rows": rows,
+            "safety": str(root / "safety.jsonl"), "base": str(base_dir)}
 
 
 def tiny_config(setup: dict, output_dir, **overrides):

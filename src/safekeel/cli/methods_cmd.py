@@ -21,11 +21,11 @@ def run(args) -> int:
     from rich.table import Table
 
     table = Table(title="training defences (safekeel train --method NAME)")
-    for column in ("method", "what it does", "paper", "needs", "LoRA", "full"):
+    for column in ("method", "what it does", "paper", "needs", "LoRA", "full", "multi-GPU"):
         table.add_column(column)
     for r in describe():
         table.add_row(r["name"], r["summary"], r["paper"], "\n".join(r["needs"]), "yes" if r["lora"] else "no",
-                      "yes" if r["full"] else "no")
+                      "yes" if r["full"] else "no", r["multi_gpu"])
     Console(width=160).print(table)
     print("options of each: `safekeel train --help` (one group per method)")
     return 0

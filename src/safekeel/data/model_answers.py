@@ -68,10 +68,12 @@ def answers_cache_path(model: str, prompts: str, key: str, *, harmful: bool = Tr
 def make_answers(model: str, prompts: str, *, harmful: bool, limit: int | None = None, max_new_tokens: int = 128,
                  batch_size: int = 8, judge: str = "keyword", system: str | None = None, adapter: str | None = None,
                  dtype: str = "auto", device: str = "auto", min_chars: int = 40, force: bool = False,
-                 progress: bool = True, trust_remote_code: bool = False) -> ModelAnswers:
+                 progress: bool = True, trust_remote_code: bool = False, keep: str = "answers") -> ModelAnswers:
     """Generate (or read from the cache) `model`'s answers to the prompt set `prompts` (see the module docstring).
 
     harmful: flag of the kept rows; their source is `<set>-harmful` (True) or `<set>-answers` (False).
+    keep: "answers" keeps what the judge calls compliance; "refusals" keeps what it calls a refusal
+    instead (a model's own refusals, the default safety data of the defences; source `<set>-refusals`).
     Clean-up, so that training teaches neither abrupt endings nor loops (small models often repeat
     themselves): an answer cut by `max_new_tokens` is trimmed back to its last full sentence (when that
     keeps at least half of it), then any answer is cut before the first sentence or line it repeats.
@@ -86,6 +88,8 @@ def make_answers(model: str, prompts: str, *, harmful: bool, limit: int | None =
 
     model_spec(model)
     checks.adapter_dir(adapter)
+    if keep not in ("answers", "refusals"):
+        raise SafekeelError(f"keep must be answers or refusals, got {keep!r}")
     judge_obj = get_judge(judge)  # a bad judge spec fails before the prompt set is fetched
     records = load_prompts(prompts, limit=limit)
     gen = {"raw_version": 1, "model": model_sha(model, adapter), "prompts": benchmark_name(prompts),
@@ -95,8 +99,12 @@ def make_answers(model: str, prompts: str, *, harmful: bool, limit: int | None =
     settings = {**gen, "version": FORMAT_VERSION, "judge": judge_obj.id, "min_chars": min_chars}
     if not harmful:  # the keys of harmful sets made before helpful answers existed stay valid
         settings["harmful"] = False
+    if keep == "refusals":
+        settings["keep"] = "refusals"
     key = sha256_json(settings)
     path = answers_cache_path(model, prompts, key, harmful=harmful)
+    if keep == "refusals":
+        path = path.with_name("refusals-" + path.name)
     meta_path = path.with_name(path.name + ".meta.json")
     if path.is_file() and not force:
         cached = _verified_cache(path, meta_path)
@@ -114,12 +122,15 @@ def make_answers(model: str, prompts: str, *, harmful: bool, limit: int | None =
         wall = time.perf_counter() - t0
         atomic_write_jsonl(raw_path, raw)
         atomic_write_json(_sidecar(raw_path), {"sha256": sha256_file(raw_path), "rows": len(raw)})
-    source = f"{benchmark_name(prompts)}-{'harmful' if harmful else 'answers'}"
-    rows, refused, short = _clean(raw, judge_obj, max_new_tokens, min_chars, source, harmful)
+    source = f"{benchmark_name(prompts)}-{'refusals' if keep == 'refusals' else 'harmful' if harmful else 'answers'}"
+    rows, refused, short = _clean(raw, judge_obj, max_new_tokens, min_chars, source, harmful, keep)
     meta = {"fingerprint": key, **settings, "n_generated": len(raw), "n_refused": refused, "n_short": short,
             "n_kept": len(rows), "generation_s": round(wall, 1) if wall is not None else None,
             "raw_answers": str(raw_path), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     log.info("%s: kept %d of %d answers (%d refusals, %d too short)", source, len(rows), len(raw), refused, short)
+    if not rows and keep == "refusals":
+        raise SafekeelError(f"{model} refused none of the {len(raw)} prompts of {prompts}: no refusals to keep "
+                            "(is it safety-aligned?)")
     if not rows:
         raise SafekeelError(f"{model} refused every prompt of {prompts} (or answered in under {min_chars} "
                             "characters): no answers to keep" + ("; use an unaligned model" if harmful else ""))
@@ -172,13 +183,16 @@ def _generate_raw(records, model, adapter, dtype, device, trust_remote_code, sys
              "n_tokens": len(tok(a, add_special_tokens=False)["input_ids"])} for r, a in zip(records, answers)]
 
 
-def _clean(raw: list[dict], judge_obj, max_new_tokens: int, min_chars: int, source: str, harmful: bool = True):
-    """(kept rows, refusals, too short): the judge's non-refusals, trimmed and de-looped."""
+def _clean(raw: list[dict], judge_obj, max_new_tokens: int, min_chars: int, source: str, harmful: bool = True,
+           keep: str = "answers"):
+    """(kept rows, refusals, too short): the judge's non-refusals (or, keep="refusals", its refusals),
+    trimmed and de-looped. A judge error is never kept."""
     verdicts = judge_obj([r["prompt"] for r in raw], [r["response"] for r in raw])
     rows, refused, short = [], 0, 0
     for r, verdict in zip(raw, verdicts):
-        if verdict.verdict != "unsafe":  # a refusal (or a judge error): not an answer to train on
+        if verdict.verdict != "unsafe":  # a refusal (or a judge error)
             refused += 1
+        if verdict.verdict != ("safe" if keep == "refusals" else "unsafe"):
             continue
         truncated = r["n_tokens"] >= max_new_tokens - 1
         text = cut_repetition(trim_to_sentence(r["response"]) if truncated else r["response"].strip())

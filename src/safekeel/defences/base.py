@@ -80,6 +80,17 @@ class TrainContext:
     device: Any  # torch.device
     args: Any = None  # transformers.TrainingArguments
     output_dir: Any = None  # pathlib.Path
+    # rows -> collated batches (answer frame, on `device`, row order kept); set by the trainer's set-up
+    batcher: Callable[[list[dict], int], list[dict]] | None = None
+    cache: dict = field(default_factory=dict)  # what the shared input loaders (defences/inputs.py) keep
+
+    def batches(self, rows: list[dict], batch_size: int = 4) -> list[dict]:
+        """Collated batches of chat `rows` on `device`: input_ids, attention_mask [B, L], answer_index,
+        answer_targets, answer_mask [B, A], harmful [B] (training/collate.py). `losses.answer_ce(model,
+        batch)` gives their per-token cross-entropy."""
+        if self.batcher is None:
+            raise SafekeelError("this TrainContext has no batcher (built outside `safekeel.training.prepare`)")
+        return self.batcher(rows, batch_size)
 
 
 @dataclass
@@ -139,6 +150,10 @@ class Defence:
     paper: ClassVar[str] = ""  # citation (and link) of the method's paper
     options_class: ClassVar[type[DefenceOptions]] = NoOptions
     supports: ClassVar[tuple[str, ...]] = ("lora", "full")  # fine-tuning modes it works with
+    # inputs it uses that have a default ({RunConfig field: what it is and the default}); `needs()` lists
+    # the ones it cannot train without
+    optional_inputs: ClassVar[dict[str, str]] = {}
+    multi_gpu: ClassVar[str] = "DDP, FSDP, DeepSpeed"  # what `accelerate launch` setups it supports
 
     def __init__(self, options: DefenceOptions | None = None):
         self.options = options if options is not None else self.options_class()

@@ -73,6 +73,7 @@ class ConstrainedSFT(Defence):
                "β largest on the first answer tokens")
     paper = "Qi et al. 2024, Safety Alignment Should Be Made More Than Just a Few Tokens Deep (arXiv:2406.05946)"
     options_class = ConstrainedSFTOptions
+    multi_gpu = "DDP (live reference)"
 
     @property
     def reference(self):

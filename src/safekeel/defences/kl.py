@@ -51,6 +51,7 @@ class FullKL(Defence):
     summary = "λ · KL(p_ref ‖ p_ft) over the full vocabulary at every answer position (the naive constraint)"
     paper = "Wang et al. 2026, PACT (arXiv:2603.07445), Table 5 first rung"
     options_class = KLOptions
+    multi_gpu = "DDP (live reference)"
 
     @property
     def reference(self):

@@ -100,6 +100,7 @@ class Pact(Defence):
     summary = "PACT: hold the aligned model's confidence on K safety tokens at every answer position"
     paper = "Wang et al. 2026, Few Tokens, Big Leverage (arXiv:2603.07445)"
     options_class = PactOptions
+    multi_gpu = "DDP; FSDP and DeepSpeed with the reference cache"
 
     @property
     def reference(self):

@@ -89,16 +89,19 @@ def describe() -> list[dict]:
         if d.reference:
             needs.append({"safety": "reference K-logits (cached)", "full": "reference logits (live)",
                           "target": "reference answer-token log-probs (live)"}[d.reference])
+        needs += [f"--{k.replace('_', '-')} (default)" for k in cls.optional_inputs]
         rows.append({"name": name, "summary": cls.summary, "paper": cls.paper, "needs": needs or ["-"],
                      "options": [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls.options_class)] or ["-"],
-                     "lora": "lora" in cls.supports, "full": "full" in cls.supports})
+                     "lora": "lora" in cls.supports, "full": "full" in cls.supports, "multi_gpu": cls.multi_gpu})
     return rows
 
 
 def markdown_table() -> str:
     """The registry as the Markdown table in docs/defences.md (a test keeps the two equal)."""
-    head = "| method | what it does | paper | needs | options | LoRA | full |\n|---|---|---|---|---|---|---|\n"
+    head = ("| method | what it does | paper | needs | options | LoRA | full | multi-GPU |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     yes = {True: "yes", False: "no"}
     return head + "".join(
         f"| `{r['name']}` | {r['summary']} | {r['paper']} | {', '.join(r['needs'])} | "
-        f"{', '.join(r['options'])} | {yes[r['lora']]} | {yes[r['full']]} |\n" for r in describe())
+        f"{', '.join(r['options'])} | {yes[r['lora']]} | {yes[r['full']]} | {r['multi_gpu']} |\n"
+        for r in describe())

@@ -102,7 +102,9 @@ def check_arguments(cfg) -> None:
     if cfg.base:
         model_spec(cfg.base, "--base")
     if cfg.safety_data:
-        _dataset_spec(cfg.safety_data, "--safety-data")
+        from safekeel.data.safety_data import safety_data_spec
+
+        safety_data_spec(cfg.safety_data)
     _dataset_spec(cfg.dataset)
     if cfg.harmful:
         check_harmful_spec(cfg.harmful)

@@ -138,12 +138,13 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     tokens = load_tokens(cfg, tok, defence)
     rows, data_summary = load_rows(cfg, identification_set=(tokens.meta.get("prompt_set") if tokens else None))
     out = Path(cfg.output_dir)
+    max_length = _fit_context(cfg.training.max_length, model, tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ctx = TrainContext(config=cfg, model=model, tokenizer=tok, rows=rows, tokens=tokens, device=args.device,
-                       args=args, output_dir=out)
+                       args=args, output_dir=out, batcher=_batcher(tok, max_length, pad_id, args.device))
     defence.setup(ctx)
     plan = defence.data_plan(ctx)
     post = defence.post_positions() if defence.reference == "safety" else 0
-    max_length = _fit_context(cfg.training.max_length, model, tok)
     examples, enc_summary = encode_rows(tok, rows, max_length=max_length, post_positions=post)
     ranges = {"main": range(len(examples))}
     for name, source_rows in (plan.sources.items() if plan else ()):
@@ -151,7 +152,6 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
         ranges[name] = range(len(examples), len(examples) + len(extra))
         examples = examples + extra
     ids = tokens.ids_tensor() if tokens is not None else None
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
                 "load_in_4bit": cfg.lora.load_in_4bit}
 
@@ -210,6 +210,25 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     ctx.model = model
     return Prepared(trainer, cfg, examples[:len(ranges["main"])], Collator(pad_id, cache), summary, mode, cache_dir,
                     cache_s, ctx)
+
+
+def _batcher(tokenizer, max_length: int, pad_id: int, device):
+    """TrainContext.batches: chat rows -> collated answer-frame batches on `device`, row order kept."""
+    from safekeel.training.collate import Collator, encode_rows
+
+    collate = Collator(pad_id)
+
+    def batches(rows: list[dict], batch_size: int = 4) -> list[dict]:
+        if batch_size <= 0:
+            raise SafekeelError(f"batch size must be positive, got {batch_size}")
+        examples, _ = encode_rows(tokenizer, rows, max_length=max_length, post_positions=0)
+        out = []
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i:i + batch_size])
+            out.append({k: v.to(device) for k, v in batch.items() if not k.startswith("post_")})
+        return out
+
+    return batches
 
 
 def _batch_plan(plan, ranges: dict, args, cfg: RunConfig):
