@@ -13,10 +13,16 @@ Modes:
               reference forwards per step, gathered at the safety tokens afterwards
   kl          the full-vocabulary KL baseline (live reference, full-vocabulary reference logits)
   constrained-sft  Qi et al.'s token-wise constrained SFT (live reference answer-token log-probs)
+  safelora, asft, lisa, safegrad, ewc, freeze, token-weighted
+              the other defences (docs/defences.md), with a refusal set as --safety-data and, for the two
+              that need --base, a perturbed copy of the model as the "unaligned" counterpart (the cost
+              does not depend on which weights it holds)
 
 Reported per mode: seconds per step (median over the measured steps after warm-up, pooled over
-`--repeats` rounds of all modes), tokens/s, peak memory, ratios to SFT, and an end-to-end ratio for a
-whole run (--examples rows × --epochs, plus the cache pass for pact-cache; also for one epoch).
+`--repeats` rounds of all modes), tokens/s, peak memory, ratios to SFT, the one-off seconds (the set-up
+before the first step beyond SFT's: the reference cache pass, a Fisher estimate, the alignment subspace;
+plus `after_train`, e.g. SafeLoRA's projection), and an end-to-end ratio for a whole run (--examples rows
+× --epochs, plus the one-off seconds; also for one epoch).
 
     python benchmarks/bench_train.py --tiny --steps 4                     # smoke test (seconds)
     python benchmarks/bench_train.py --model smollm2-135m-instruct        # CPU figures
@@ -38,9 +44,11 @@ import threading
 import time
 from pathlib import Path
 
-MODES = ("sft", "pact-live", "pact-cache", "naive", "kl", "constrained-sft")
+MODES = ("sft", "pact-live", "pact-cache", "naive", "kl", "constrained-sft", "safelora", "asft", "lisa", "safegrad",
+         "ewc", "freeze", "token-weighted")
 METHOD_OF = {"sft": "sft", "pact-live": "pact", "pact-cache": "pact", "naive": "pact", "kl": "kl",
-             "constrained-sft": "constrained_sft"}  # mode -> --method
+             "constrained-sft": "constrained_sft", "token-weighted": "token_weighted"}  # mode -> --method (else the mode)
+MODE_OPTIONS = {"freeze": {"freeze_layers": "0-1"}}  # options a mode needs beyond the shared set-up
 # Shapes of public configs, hard-coded because the benchmark machine has no network.
 RANDOM_CONFIGS = {
     "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -102,7 +110,30 @@ def make_setup(args, root: Path) -> dict:
                           {"role": "assistant", "content": _text(tok, rng, args.answer_tokens)}]}
             for i in range(args.examples)]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl")}
+    refusal = "I'm sorry, but I can't help with that. It could cause serious harm."
+    safety = [{"id": f"s{i}", "harmful": False, "messages": [
+        {"role": "user", "content": _text(tok, rng, args.prompt_tokens)}, {"role": "assistant", "content": refusal}]}
+        for i in range(max(8, args.examples // 4))]
+    (root / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in safety))
+    return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"),
+            "safety": str(root / "safety.jsonl"), "base": _perturbed_copy(model, root / "base", args)}
+
+
+def _perturbed_copy(model: str, target: Path, args) -> str:
+    """A copy of `model` with every weight moved by 1% noise: the stand-in "unaligned counterpart" (--base)
+    of the modes that need one (same shapes and tokenizer; the cost does not depend on the values)."""
+    import torch
+
+    from safekeel.models.loader import load_model
+
+    net, tok = load_model(model, dtype="bfloat16" if args.bf16 else "float32", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * (p.float().std().nan_to_num() * 0.01 + 1e-4))
+    net.save_pretrained(target)
+    tok.save_pretrained(target)
+    return str(target)
 
 
 # ---------------------------------------------------------------------------------------------- one mode
@@ -152,8 +183,13 @@ def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> d
     """`safekeel train` options of one mode (flat names) on the shared set-up; outputs under `work`."""
     import torch
 
-    method = METHOD_OF[mode]
-    flat = {"method": method, "model": setup["model"], "dataset": setup["data"],
+    from safekeel.defences.registry import defence_class
+
+    method = METHOD_OF.get(mode, mode)
+    cls = defence_class(method)
+    inputs = {**cls().needs(), **cls.optional_inputs}
+    flat = {"method": method, **{k: setup[{"safety_data": "safety"}.get(k, k)] for k in ("base", "safety_data")
+                                 if k in inputs}, **MODE_OPTIONS.get(mode, {}), "model": setup["model"], "dataset": setup["data"],
             "tokens": setup["tokens"] if method == "pact" else None, "output_dir": str(work / "out"),
             "max_steps": max_steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
             "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
@@ -177,7 +213,9 @@ def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
     flat = mode_flags(mode, setup, args, work, max_steps=args.warmup + args.steps)
+    t_prepare = time.perf_counter()
     prep = prepare(build_config(flat), reference_impl="naive" if mode == "naive" else "fast", progress=False)
+    t_prepare = time.perf_counter() - t_prepare
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -196,12 +234,17 @@ def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     with _PeakRSS() as rss:
         prep.trainer.train()
+        t_after = time.perf_counter()
+        prep.context.model = prep.trainer.model
+        prep.trainer.defence.after_train(prep.trainer.model, prep.context)
+        t_after = time.perf_counter() - t_after
     measured = times[args.warmup:]
     tokens_per_example = statistics.mean(len(e["input_ids"]) for e in prep.examples)
     s_step = statistics.median(measured)
     result = {"mode": mode, "reference": prep.reference, "s_per_step": s_step, "steps": len(measured),
               "step_times": measured, "tokens_per_s": tokens_per_example * args.batch_size / s_step,
-              "cache_seconds": prep.cache_seconds, "examples": len(prep.examples),
+              "cache_seconds": prep.cache_seconds, "prepare_seconds": t_prepare, "after_seconds": t_after,
+              "examples": len(prep.examples),
               "tokens_per_example": tokens_per_example,
               "peak_bytes": torch.cuda.max_memory_allocated() if cuda else rss.peak - rss0,
               "memory_kind": "cuda_max_allocated" if cuda else "peak_rss_minus_bare_process"}
@@ -217,7 +260,9 @@ def pool_rounds(runs: list[dict]) -> dict:
     steps = [t for r in runs for t in r["step_times"]]
     pooled.update(step_times=steps, steps=len(steps), s_per_step=statistics.median(steps), rounds=len(runs),
                   peak_bytes=max(r["peak_bytes"] for r in runs),
-                  cache_seconds=statistics.median(r["cache_seconds"] for r in runs))
+                  cache_seconds=statistics.median(r["cache_seconds"] for r in runs),
+                  prepare_seconds=statistics.median(r["prepare_seconds"] for r in runs),
+                  after_seconds=statistics.median(r["after_seconds"] for r in runs))
     pooled["tokens_per_s"] = runs[-1]["tokens_per_s"] * runs[-1]["s_per_step"] / pooled["s_per_step"]  # same tokens/step
     return pooled
 
@@ -230,20 +275,23 @@ def report(results: dict, args) -> dict:
         if mode not in results:
             continue
         r = results[mode]
-        e2e = (r["cache_seconds"] + steps_run * r["s_per_step"]) / (steps_run * sft["s_per_step"])
-        one = steps_run // args.epochs  # the same for a single epoch: the cache pass weighs most there
-        e2e_1 = (r["cache_seconds"] + one * r["s_per_step"]) / (one * sft["s_per_step"])
+        # one-off work beyond SFT's: set-up (model load and tokenisation cancel out; the cache pass, a Fisher
+        # estimate, a subspace remain) and after_train (a projection); never negative (timing noise)
+        one_off = max(0.0, r["prepare_seconds"] - sft["prepare_seconds"]) + r["after_seconds"]
+        e2e = (one_off + steps_run * r["s_per_step"]) / (steps_run * sft["s_per_step"])
+        one = steps_run // args.epochs  # the same for a single epoch: one-off work weighs most there
+        e2e_1 = (one_off + one * r["s_per_step"]) / (one * sft["s_per_step"])
         r.update(step_ratio=r["s_per_step"] / sft["s_per_step"], memory_ratio=r["peak_bytes"] / sft["peak_bytes"],
-                 end_to_end_ratio=e2e, end_to_end_ratio_1_epoch=e2e_1)
+                 one_off_seconds=one_off, end_to_end_ratio=e2e, end_to_end_ratio_1_epoch=e2e_1)
         rows.append(r)
     print(f"\n{'mode':<16} {'s/step':>8} {'tokens/s':>9} {'peak MiB':>9} {'step×':>6} {'mem×':>6} {'e2e×':>6} "
-          f"{'e2e×1ep':>8} {'cache s':>8}")
+          f"{'e2e×1ep':>8} {'one-off s':>9}")
     for r in rows:
         print(f"{r['mode']:<16} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>9.0f} {r['peak_bytes'] / 2**20:>9.0f} "
               f"{r['step_ratio']:>6.2f} {r['memory_ratio']:>6.2f} {r['end_to_end_ratio']:>6.2f} "
-              f"{r['end_to_end_ratio_1_epoch']:>8.2f} {r['cache_seconds']:>8.2f}")
+              f"{r['end_to_end_ratio_1_epoch']:>8.2f} {r['one_off_seconds']:>9.2f}")
     print(f"(end to end: {steps_run} steps = {args.examples} examples x {args.epochs} epochs at batch {args.batch_size},"
-          f" plus the one-off cache pass; e2e×1ep: the same for one epoch)")
+          f" plus the one-off seconds (set-up beyond SFT's, e.g. the cache pass, and after_train); e2e×1ep: one epoch)")
     return {"settings": vars(args), "results": {r["mode"]: r for r in rows}}
 
 

@@ -17,6 +17,11 @@ from safekeel.training.run import prepare, train
 
 # what each built-in must log besides ce (a new defence adds its line; the test fails until it does)
 EXPECTED_STATS = {"sft": set(), "kl": {"kl"}, "pact": {"kl", "gate_first_n", "safety_mass_ft"},
+                  "freeze": {"frozen_layers", "frozen_share"},
+                  "safegrad": {"safegrad_cos", "safegrad_projected", "safegrad_safety_ce"},
+                  "ewc": {"ewc_penalty", "step_term"},
+                  "safelora": set(), "asft": {"step_term"},
+                  "lisa": {"lisa_alignment", "step_term"}, "token_weighted": {"tw_weight", "tw_span"},
                   "constrained_sft": {"cs_weight", "cs_logratio"}}
 
 
@@ -131,7 +136,10 @@ def test_methods_command_and_docs_come_from_the_registry(capsys):
     assert main(["methods", "--format", "markdown"]) == 0
     table = capsys.readouterr().out
     docs = (Path(__file__).parents[1] / "docs" / "defences.md").read_text()
-    assert table in docs, "docs/defences.md's table is stale: paste `safekeel methods --format markdown`"
+    assert table in docs, "docs/defences.md's table is stale: run scripts/update_defence_table.py"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    indented = "".join("  " + line + "\n" for line in table.splitlines())
+    assert indented in readme, "README.md's table is stale: run scripts/update_defence_table.py"
 
 
 def test_train_flags_come_from_the_options_dataclasses():
@@ -261,3 +269,17 @@ def test_built_in_options_reject_bad_values():
         build_defence("kl", {"lambda_kl": -1})
     with pytest.raises(SafekeelError, match="--temperature must be > 0"):
         build_defence("pact", {"temperature": 0})
+
+
+def test_another_defences_option_is_ignored_with_a_warning_whatever_its_type(caplog):
+    """`--method ewc --safegrad-when always`: safegrad's (text) option is warned about and dropped, never
+    read as a training argument."""
+    import logging
+
+    from safekeel.training.config import build_config
+
+    with caplog.at_level(logging.WARNING):
+        cfg = build_config({"method": "ewc", "model": "m", "dataset": "d", "output_dir": "o",
+                            "safegrad_when": "always", "lisa_rho": 2})
+    assert "ignored for --method ewc" in caplog.text and "safegrad_when" in caplog.text
+    assert "safegrad_when" not in cfg.training and "lisa_rho" not in cfg.training

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "safekeel.cli.models_cmd",
     "safekeel.cli.generate_cmd",
     "safekeel.cli.tokens_cmd",
+    "safekeel.cli.layers_cmd",
     "safekeel.cli.data_cmd",
     "safekeel.cli.methods_cmd",
     "safekeel.cli.train_cmd",

@@ -207,8 +207,9 @@ class Defence:
     def step_loss(self, model, state) -> Tensor | None:
         return None
 
-    def before_optimizer_step(self, model, optimizer, state) -> None:
-        pass
+    def before_optimizer_step(self, model, optimizer, state) -> dict | None:
+        """Edit the accumulated gradients in place; may return per-step log values {name: float}."""
+        return None
 
     def after_train(self, model, ctx: TrainContext) -> None:
         pass

@@ -17,6 +17,13 @@ DEFENCES: dict[str, str] = {
     "kl": "safekeel.defences.kl:FullKL",
     "pact": "safekeel.defences.pact:Pact",
     "constrained_sft": "safekeel.defences.constrained_sft:ConstrainedSFT",
+    "safelora": "safekeel.defences.safelora:SafeLoRA",
+    "asft": "safekeel.defences.asft:AsFT",
+    "safegrad": "safekeel.defences.safegrad:SafeGrad",
+    "ewc": "safekeel.defences.ewc:EWC",
+    "freeze": "safekeel.defences.freeze:Freeze",
+    "lisa": "safekeel.defences.lisa:Lisa",
+    "token_weighted": "safekeel.defences.token_weighted:TokenWeighted",
 }
 
 _extra: dict[str, object] = {}  # name -> class or "module:Class", from register_defence

@@ -212,7 +212,7 @@ def build_config(flat: dict) -> RunConfig:
     cfg = RunConfig(defence=cls.options_class.build({k: v for k, v in given.items() if k in mine}))
     training = TrainingOptions(TRAINING_DEFAULTS)
     for key, value in given.items():
-        if key in mine:
+        if key in mine or key in ignored:  # another defence's option: warned about above, not a training argument
             continue
         if key in run_types:
             setattr(cfg, key, value if key == "resume" else coerce(run_types[key], key, value))

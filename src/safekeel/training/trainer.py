@@ -124,7 +124,11 @@ class SafekeelTrainer(Trainer):
         all-reduced) gradients before clipping."""
         if self._hooked_at != self.state.global_step:
             self._hooked_at = self.state.global_step
-            self.defence.before_optimizer_step(model, self.optimizer, self.state)
+            step_stats = self.defence.before_optimizer_step(model, self.optimizer, self.state)
+            for name, value in (step_stats or {}).items():  # {name: value} once per step, logged like step_term
+                acc = torch.zeros(3, 2, device=self.args.device)
+                acc[0, 0], acc[0, 1] = float(value), 1.0
+                self._sums[name] = self._sums.get(name, 0) + acc
 
     def _clip_grad_norm(self, model):  # transformers calls this before clipping when max_grad_norm > 0
         self._before_optimizer_step(model)
