@@ -48,7 +48,8 @@ MODES = ("sft", "pact-live", "pact-cache", "naive", "kl", "constrained-sft", "sa
          "ewc", "freeze", "token-weighted")
 METHOD_OF = {"sft": "sft", "pact-live": "pact", "pact-cache": "pact", "naive": "pact", "kl": "kl",
              "constrained-sft": "constrained_sft", "token-weighted": "token_weighted"}  # mode -> --method (else the mode)
-MODE_OPTIONS = {"freeze": {"freeze_layers": "0-1"}}  # options a mode needs beyond the shared set-up
+# options a mode needs beyond the shared set-up; "{half}" = the first half of the decoder layers
+MODE_OPTIONS = {"freeze": {"freeze_layers": "{half}"}}
 # Shapes of public configs, hard-coded because the benchmark machine has no network.
 RANDOM_CONFIGS = {
     "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -116,7 +117,14 @@ def make_setup(args, root: Path) -> dict:
         for i in range(max(8, args.examples // 4))]
     (root / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in safety))
     return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"),
-            "safety": str(root / "safety.jsonl"), "base": _perturbed_copy(model, root / "base", args)}
+            "safety": str(root / "safety.jsonl"), "base": _perturbed_copy(model, root / "base", args),
+            "n_layers": _n_layers(root / "base")}
+
+
+def _n_layers(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_dir).num_hidden_layers)
 
 
 def _perturbed_copy(model: str, target: Path, args) -> str:
@@ -189,7 +197,8 @@ def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> d
     cls = defence_class(method)
     inputs = {**cls().needs(), **cls.optional_inputs}
     flat = {"method": method, **{k: setup[{"safety_data": "safety"}.get(k, k)] for k in ("base", "safety_data")
-                                 if k in inputs}, **MODE_OPTIONS.get(mode, {}), "model": setup["model"], "dataset": setup["data"],
+                                 if k in inputs},
+            **{k: v.format(half=f"0-{max(1, setup['n_layers'] // 2) - 1}") for k, v in MODE_OPTIONS.get(mode, {}).items()}, "model": setup["model"], "dataset": setup["data"],
             "tokens": setup["tokens"] if method == "pact" else None, "output_dir": str(work / "out"),
             "max_steps": max_steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
             "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
