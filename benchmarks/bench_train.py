@@ -49,7 +49,10 @@ MODES = ("sft", "pact-live", "pact-cache", "naive", "kl", "constrained-sft", "sa
 METHOD_OF = {"sft": "sft", "pact-live": "pact", "pact-cache": "pact", "naive": "pact", "kl": "kl",
              "constrained-sft": "constrained_sft", "token-weighted": "token_weighted"}  # mode -> --method (else the mode)
 # options a mode needs beyond the shared set-up; "{half}" = the first half of the decoder layers
-MODE_OPTIONS = {"freeze": {"freeze_layers": "{half}"}}
+# lisa: one alignment step in ten (the authors' 10% share, scaled to a short run), so the measured steps
+# after warm-up are fine-tuning steps on the user's data with the proximal term
+MODE_OPTIONS = {"freeze": {"freeze_layers": "{half}"},
+                "lisa": {"lisa_alignment_steps": "1", "lisa_finetune_steps": "9"}}
 # Shapes of public configs, hard-coded because the benchmark machine has no network.
 RANDOM_CONFIGS = {
     "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
