@@ -283,3 +283,14 @@ def test_another_defences_option_is_ignored_with_a_warning_whatever_its_type(cap
                             "safegrad_when": "always", "lisa_rho": 2})
     assert "ignored for --method ewc" in caplog.text and "safegrad_when" in caplog.text
     assert "safegrad_when" not in cfg.training and "lisa_rho" not in cfg.training
+
+
+@pytest.mark.parametrize("name", [n for n in DEFENCES if not defence_class(n).sharded])
+def test_a_defence_that_needs_whole_parameters_refuses_fsdp_before_loading(setup, tmp_path, monkeypatch, name):
+    """`Defence.sharded = False`: under FSDP (as `accelerate launch` announces it) one line, no model loaded."""
+    from safekeel.models import loader
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(SafekeelError, match=f"--method {name} works with DDP, not FSDP"):
+        tiny_config(setup, tmp_path, method=name, **_inputs(setup, name))

@@ -158,14 +158,7 @@ def match_layers(found: dict, matrices: dict, method: str) -> None:
 
 
 def check_supported(cfg, method: str) -> None:
-    """QLoRA's 4-bit weights and sharded training (FSDP, DeepSpeed) are refused with one line."""
-    import os
-
+    """QLoRA's 4-bit weights are refused with one line (sharded runs: `Defence.sharded`)."""
     if getattr(cfg.lora, "load_in_4bit", False):
         raise SafekeelError(f"--method {method} needs the aligned weights unquantised (W_aligned − W_base); "
                             "drop --load-in-4bit")
-    env = os.environ
-    if any(env.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")) \
-            or cfg.training.get("fsdp") or cfg.training.get("deepspeed"):
-        raise SafekeelError(f"--method {method} reads and edits whole layer weights, which FSDP and DeepSpeed "
-                            "shard; use DDP (plain `accelerate launch` / torchrun)")

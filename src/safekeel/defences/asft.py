@@ -100,6 +100,7 @@ class AsFT(Defence):
     paper = "Yang et al. 2025, AsFT: Anchoring Safety During LLM Fine-Tuning Within Narrow Safety Basin (arXiv:2506.08473)"
     options_class = AsFTOptions
     multi_gpu = "DDP"
+    sharded = False  # reads and edits whole layer weights
 
     def needs(self) -> dict[str, str]:
         return {"base": "the unaligned counterpart of --model: AsFT's V = W_aligned − W_base"}

@@ -154,6 +154,7 @@ class Defence:
     # the ones it cannot train without
     optional_inputs: ClassVar[dict[str, str]] = {}
     multi_gpu: ClassVar[str] = "DDP, FSDP, DeepSpeed"  # what `accelerate launch` setups it supports
+    sharded: ClassVar[bool] = True  # False: it reads whole parameters or gradients, so FSDP/DeepSpeed are refused
 
     def __init__(self, options: DefenceOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -179,6 +180,10 @@ class Defence:
         if mode not in self.supports:
             raise SafekeelError(f"--method {self.name} does not support {'--full' if mode == 'full' else 'LoRA'} "
                                 f"fine-tuning (it supports: {', '.join(self.supports)})")
+        backend = sharded_backend(cfg.training)
+        if backend and not self.sharded:
+            raise SafekeelError(f"--method {self.name} works with DDP, not {backend}: it reads whole parameters or "
+                                f"gradients, which {backend} shards; use plain `accelerate launch` / torchrun")
 
     def select_tokens(self, tokens):
         """The safety tokens this defence uses: the artifact's top K (`k` option) or top 50."""
@@ -213,6 +218,20 @@ class Defence:
 
     def after_train(self, model, ctx: TrainContext) -> None:
         pass
+
+
+def sharded_backend(training) -> str | None:
+    """"FSDP" or "DeepSpeed" when the run shards the model: `training` is a TrainingArguments or the
+    run's training options (a mapping); `accelerate launch --use_fsdp/--use_deepspeed` sets the env."""
+    import os
+
+    get = training.get if isinstance(training, dict) else (lambda key: getattr(training, key, None))
+    env = os.environ
+    if get("fsdp") or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "FSDP"
+    if get("deepspeed") or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return "DeepSpeed"
+    return None
 
 
 def row_sum(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,6 @@ from typing import ClassVar
 
 from safekeel.defences.base import Defence, DefenceOptions
 from safekeel.defences.inputs import SAFETY_DATA_HELP, safety_rows, trainable_parameters
-from safekeel.defences.safegrad import refuse_sharded
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
@@ -157,10 +156,7 @@ class EWC(Defence):
     options_class = EWCOptions
     optional_inputs: ClassVar[dict[str, str]] = {"safety_data": SAFETY_DATA_HELP}
     multi_gpu = "DDP (Fisher examples split over ranks and summed)"
-
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        refuse_sharded(cfg, self.name)
+    sharded = False  # needs whole parameters and gradients
 
     def setup(self, ctx) -> None:
         rows = safety_rows(ctx)

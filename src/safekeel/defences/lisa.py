@@ -137,6 +137,7 @@ class Lisa(Defence):
     options_class = LisaOptions
     optional_inputs: ClassVar[dict[str, str]] = {"safety_data": SAFETY_DATA_HELP}
     multi_gpu = "DDP"
+    sharded = False  # reads and copies the whole trainable parameters every step
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -151,12 +152,6 @@ class Lisa(Defence):
         return self.options.lisa_alignment_steps, self.options.lisa_finetune_steps
 
     def setup(self, ctx) -> None:
-        env = os.environ
-        if (getattr(ctx.args, "fsdp", None) or getattr(ctx.args, "deepspeed", None)
-                or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-                or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")):
-            raise SafekeelError("--method lisa reads and copies the whole trainable parameters every step, which "
-                                "FSDP / DeepSpeed shard; use DDP (plain `accelerate launch` / torchrun)")
         resume = getattr(ctx.config, "resume", None)
         self.resume_dirs = [Path(resume)] if isinstance(resume, str) else []
         self.resume_dirs += [Path(ctx.output_dir or getattr(ctx.config, "output_dir", "."))]

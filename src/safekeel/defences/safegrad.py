@@ -26,7 +26,6 @@ safety data only steers the projection (no descent on it, as in the seed).
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -119,16 +118,6 @@ def mean_over_ranks(tensors: list) -> list:
     return out
 
 
-def refuse_sharded(cfg, method: str) -> None:
-    """One line for FSDP / DeepSpeed, whose sharded parameters these defences cannot read whole."""
-    training = getattr(cfg, "training", None) or {}
-    env = os.environ
-    if training.get("fsdp") or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        raise SafekeelError(f"--method {method} works with DDP, not FSDP (it needs whole parameters and gradients)")
-    if training.get("deepspeed") or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        raise SafekeelError(f"--method {method} works with DDP, not DeepSpeed (it needs whole parameters and gradients)")
-
-
 class SafeGrad(Defence):
     name = "safegrad"
     summary = ("gradient surgery: when the task gradient conflicts with the gradient of a safety batch (g·g_s < 0), "
@@ -137,10 +126,7 @@ class SafeGrad(Defence):
     options_class = SafeGradOptions
     optional_inputs: ClassVar[dict[str, str]] = {"safety_data": SAFETY_DATA_HELP}
     multi_gpu = "DDP (same safety batch on every rank, its gradient averaged over ranks)"
-
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        refuse_sharded(cfg, self.name)
+    sharded = False  # needs whole parameters and gradients
 
     def setup(self, ctx) -> None:
         rows = list(safety_rows(ctx))

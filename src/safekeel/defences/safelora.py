@@ -121,6 +121,7 @@ class SafeLoRA(Defence):
     options_class = SafeLoRAOptions
     supports = ("lora",)
     multi_gpu = "DDP"
+    sharded = False  # reads and edits whole layer weights
 
     def needs(self) -> dict[str, str]:
         return {"base": "the unaligned counterpart of --model: SafeLoRA's V = W_aligned − W_base"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from safekeel.defences.base import sharded_backend
 from safekeel.errors import SafekeelError
 from safekeel.training.arguments import training_arguments
 from safekeel.training.config import RunConfig
@@ -252,16 +252,6 @@ def _fit_context(max_length: int, model, tokenizer) -> int:
                     limit)
         return limit
     return max_length
-
-
-def sharded_backend(args) -> str | None:
-    """"FSDP" or "DeepSpeed" when the run shards the model (TrainingArguments or `accelerate launch`)."""
-    env = os.environ
-    if getattr(args, "fsdp", None) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        return "FSDP"
-    if getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        return "DeepSpeed"
-    return None
 
 
 def _check_live_reference_is_supported(args, kind: str) -> None:
