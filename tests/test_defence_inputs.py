@@ -72,6 +72,10 @@ def test_safety_data_specs_are_checked_without_loading(tmp_path):
         safety_data_spec(str(tmp_path / "missing.jsonl"))
     with pytest.raises(SafekeelError, match="unknown HarmBench subset"):
         safety_data_spec("own-refusals:harmbench:bogus")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SafekeelError, match="--safety-data .*empty.jsonl is empty"):
+        safety_data_spec(str(empty))
 
 
 def test_safety_prompts_that_are_evaluation_prompts_warn(tmp_path, caplog):

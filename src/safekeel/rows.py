@@ -34,6 +34,20 @@ def is_file_spec(spec: str) -> bool:
     return spec.lower().endswith(FILE_SUFFIXES) or Path(spec).exists() or spec.startswith((".", "/", "~"))
 
 
+def check_local_or_hub(spec: str, flag: str, *, nonempty: bool = False) -> bool:
+    """True when `spec` names a local rows file (checked now: it exists and is readable, and with
+    `nonempty` has rows, one line otherwise) or a hub dataset id (not fetched); False for anything else,
+    which the caller either accepts by its own names or refuses with its own message."""
+    if is_file_spec(spec):
+        from safekeel.checks import input_file
+
+        input_file(spec, flag)
+        if nonempty and not read_rows(Path(spec)):  # cheap, and an empty file fails before any model loads
+            raise SafekeelError(f"{flag} {spec} is empty")
+        return True
+    return is_hub_spec(spec)
+
+
 def hub_spec_parts(spec: str) -> tuple[str, str]:
     """(repo, split) of a hub spec (`is_hub_spec`); the split is "train" unless the spec names one."""
     repo, _, split = spec.removeprefix("hf:").partition(":")

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safekeel.checks import input_file
 from safekeel.data.records import PromptRecord
 from safekeel.errors import SafekeelError
-from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_file_spec, is_hub_spec, read_rows
+from safekeel.rows import (
+    FILE_SUFFIXES,
+    check_local_or_hub,
+    hub_spec_parts,
+    is_hub_spec,
+    read_rows,
+)
 
 PACKAGED_SETS = ("harmbench", "harmbench-val", "strongreject", "strongreject-small", "everyday", "benign-risky",
                  "instructions")
@@ -38,10 +43,7 @@ def prompt_spec(spec: str | None, flag: str = "--prompts") -> str:
         return spec
     if base in PACKAGED_SETS and not option:
         return spec
-    if is_file_spec(spec):
-        input_file(spec, flag)
-        return spec
-    if is_hub_spec(spec):
+    if check_local_or_hub(spec, flag):
         return spec
     raise SafekeelError(f"{flag}: unknown prompt set {spec!r}: use one of {', '.join(PACKAGED_SETS)}, "
                         "a .jsonl/.csv/.parquet file or a hub dataset id")

@@ -36,9 +36,8 @@ def is_own_refusals(spec: str | None) -> bool:
 
 def safety_data_spec(spec: str | None, flag: str = "--safety-data") -> str:
     """The spec checked without fetching or loading anything (None: the default)."""
-    from safekeel.checks import input_file
     from safekeel.data.prompts import prompt_spec
-    from safekeel.rows import is_file_spec, is_hub_spec
+    from safekeel.rows import check_local_or_hub
 
     if spec is None:
         return DEFAULT_SAFETY_DATA
@@ -50,10 +49,7 @@ def safety_data_spec(spec: str | None, flag: str = "--safety-data") -> str:
         if prompts:
             prompt_spec(prompts, flag)
         return spec
-    if is_file_spec(spec):
-        input_file(spec, flag)
-        return spec
-    if is_hub_spec(spec):
+    if check_local_or_hub(spec, flag, nonempty=True):
         return spec
     raise SafekeelError(f"{flag}: unknown safety data {spec!r}: use own-refusals[:PROMPTS], a chat .jsonl/.csv/"
                         ".parquet file with harmful prompts and refusals, or a hub dataset id")

@@ -64,19 +64,15 @@ def read_tokens(path: str):
 
 
 def _dataset_spec(spec: str, flag: str = "--dataset") -> None:
-    """The `--dataset` (or `--safety-data`) forms `load_training_data` accepts, checked without loading (files must exist)."""
+    """The `--dataset` forms `load_training_data` accepts, checked without loading (files must exist and hold rows)."""
     from safekeel.data.harmful import is_harmful_set
-    from safekeel.rows import is_file_spec, is_hub_spec, read_rows
+    from safekeel.rows import check_local_or_hub
     from safekeel.tasks import is_task_name
 
     spec = str(spec).strip()
     if is_task_name(spec) or is_harmful_set(spec):
         return
-    if is_file_spec(spec):
-        checks.input_file(spec, flag)
-        if not read_rows(Path(spec)):  # reading a local file is cheap; an empty one fails before the model loads
-            raise SafekeelError(f"{flag} {spec} is empty")
-    elif not is_hub_spec(spec):
+    if not check_local_or_hub(spec, flag, nonempty=True):
         raise SafekeelError(f"{flag}: unknown training data {spec!r}: use a task name, a harmful set, a "
                             ".jsonl/.csv/.parquet file or a hub dataset id")
 
