@@ -12,7 +12,7 @@ from safekeel.cli.main import main
 from safekeel.defences.ewc import EWCOptions, empirical_fisher, ewc_penalty, normalise
 from safekeel.errors import SafekeelError
 from safekeel.losses import answer_ce
-from safekeel.testing import tiny_config, tiny_safety_rows, tiny_setup
+from safekeel.testing import one_and_two_ranks, tiny_config, tiny_safety_rows, tiny_setup
 from safekeel.training.run import prepare
 
 
@@ -211,41 +211,14 @@ def test_bad_options_name_their_flag(bad, flag):
         EWCOptions.build(bad)
 
 
-DDP_SCRIPT = """
-import sys
-from safekeel.testing import tiny_config
-from safekeel.training.run import train
-setup = {"model": sys.argv[1], "data": sys.argv[2], "tokens": None}
-train(tiny_config(setup, sys.argv[4], method="ewc", tokens=None, safety_data=sys.argv[3], max_steps=3, ewc_lambda=20.0,
-                  per_device_train_batch_size=int(sys.argv[5]), lora_dropout=0.0, learning_rate=1e-2,
-                  dataloader_num_workers=0), progress=False)
-"""
-
-
 def test_two_ddp_processes_split_the_fisher_and_match_one(tmp_path):
     """torchrun, gloo, 2 ranks of batch 1 (each rank half of the Fisher examples, summed) against one process
     of batch 2: the same penalties and losses."""
-    import os
-    import subprocess
-    import sys
-
     s = tiny_setup(tmp_path / "s", n_rows=2)
-    script = tmp_path / "ddp_ewc.py"
-    script.write_text(DDP_SCRIPT)
-    args = [s["model"], s["data"], s["safety"]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one"), "2"], check=True, env=env,
-                   timeout=300, capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29573", str(script), *args, str(tmp_path / "two"), "1"], env=env, timeout=300,
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def logs(d):
-        rows = [json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
-        return {r["step"]: r for r in rows if "loss" in r}
-
-    a, b = logs("one"), logs("two")
+    a, b = one_and_two_ranks(
+        {"model": s["model"], "data": s["data"], "tokens": None}, tmp_path,
+        {"method": "ewc", "tokens": None, "safety_data": s["safety"], "max_steps": 3, "ewc_lambda": 20.0,
+         "lora_dropout": 0.0, "learning_rate": 1e-2, "dataloader_num_workers": 0}, port=29573)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in (1, 2, 3):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4)

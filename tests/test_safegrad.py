@@ -12,7 +12,7 @@ from safekeel.cli.main import main
 from safekeel.defences.safegrad import SafeGrad, SafeGradOptions, surgery, unwrap
 from safekeel.errors import SafekeelError
 from safekeel.losses import answer_ce
-from safekeel.testing import tiny_config, tiny_setup
+from safekeel.testing import one_and_two_ranks, tiny_config, tiny_setup
 from safekeel.training.run import prepare
 
 
@@ -261,41 +261,15 @@ def test_sharded_training_is_refused_in_one_line_before_loading(setup, tmp_path,
     assert len(err.splitlines()) == 1 and "not FSDP" in err, err
 
 
-DDP_SCRIPT = """
-import sys
-from safekeel.testing import tiny_config
-from safekeel.training.run import train
-setup = {"model": sys.argv[1], "data": sys.argv[2], "tokens": None}
-train(tiny_config(setup, sys.argv[4], method="safegrad", tokens=None, safety_data=sys.argv[3], max_steps=2,
-                  per_device_train_batch_size=int(sys.argv[5]), safegrad_batch_size=2, safegrad_when="always",
-                  lora_dropout=0.0, learning_rate=1e-2, dataloader_num_workers=0), progress=False)
-"""
-
-
 def test_two_ddp_processes_make_the_same_edit_as_one(tmp_path):
     """torchrun, gloo, 2 ranks of batch 1 against 1 process of batch 2: the same safety batch on every rank,
     so the same losses and the same cosine at both steps (step 2 after an edited update)."""
-    import os
-    import subprocess
-    import sys
-
     s = tiny_setup(tmp_path / "s", n_rows=2)
-    script = tmp_path / "ddp_safegrad.py"
-    script.write_text(DDP_SCRIPT)
-    args = [s["model"], s["data"], s["safety"]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one"), "2"], check=True, env=env,
-                   timeout=300, capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29571", str(script), *args, str(tmp_path / "two"), "1"], env=env, timeout=300,
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def logs(d):
-        rows = [json.loads(x) for x in (tmp_path / d / "train_log.jsonl").read_text().splitlines()]
-        return {r["step"]: r for r in rows if "loss" in r}
-
-    a, b = logs("one"), logs("two")
+    a, b = one_and_two_ranks(
+        {"model": s["model"], "data": s["data"], "tokens": None}, tmp_path,
+        {"method": "safegrad", "tokens": None, "safety_data": s["safety"], "max_steps": 2, "safegrad_batch_size": 2,
+         "safegrad_when": "always", "lora_dropout": 0.0, "learning_rate": 1e-2, "dataloader_num_workers": 0},
+        port=29571)
     assert sorted(a) == sorted(b) == [1, 2]
     for step in (1, 2):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4)

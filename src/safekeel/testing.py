@@ -180,3 +180,42 @@ def tiny_config(setup: dict, output_dir, **overrides):
             "reference_cache_dir": str(Path(output_dir) / "refcache"), "report_to": "none"}
     flat.update(overrides)
     return build_config(flat)
+
+
+_DDP_SCRIPT = """
+import json, sys
+from safekeel.testing import tiny_config
+from safekeel.training.run import train
+setup, options = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+train(tiny_config(setup, sys.argv[3], per_device_train_batch_size=int(sys.argv[4]), **options), progress=False)
+"""
+
+
+def one_and_two_ranks(setup: dict, root, options: dict, *, port: int) -> tuple[dict, dict]:
+    """Train the same run as one process with batch 2 (`root/one`) and as 2 CPU ranks of batch 1 under
+    torchrun / gloo (`root/two`); return each one's logged steps {step: log record}. `options` are flat
+    `tiny_config` options (JSON-serialisable); `port` a free master port per test (tests run in parallel).
+    DDP tests compare the two: the global batch is the same, so losses and stats must agree."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    script = root / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT)
+    args = [str(script), json.dumps(setup), json.dumps(options)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run([sys.executable, *args, str(root / "one"), "2"], check=True, env=env, timeout=300,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), *args, str(root / "two"), "1"], env=env, timeout=300, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+
+    def logs(name: str) -> dict:
+        rows = [json.loads(x) for x in (root / name / "train_log.jsonl").read_text().splitlines()]
+        return {r["step"]: r for r in rows if "loss" in r}
+
+    return logs("one"), logs("two")
