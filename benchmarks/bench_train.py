@@ -120,14 +120,23 @@ def make_setup(args, root: Path) -> dict:
         for i in range(max(8, args.examples // 4))]
     (root / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in safety))
     return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"),
-            "safety": str(root / "safety.jsonl"), "base": _perturbed_copy(model, root / "base", args),
-            "n_layers": _n_layers(root / "base")}
+            "safety": str(root / "safety.jsonl"), **_base_and_depth(model, root / "base", args)}
 
 
-def _n_layers(model_dir: Path) -> int:
+def _base_and_depth(model: str, target: Path, args) -> dict:
+    """{"base": a perturbed copy of the model, "n_layers": its depth}, made only when a requested mode
+    needs one (a `--base` defence, or freeze's "{half}"); the interleaved benchmarks, whose set-up
+    arguments name no modes, never pay for the copy."""
+    from safekeel.defences.registry import defence_class
+
+    modes = [m.strip() for m in (getattr(args, "modes", "") or "").split(",") if m.strip()]
+    needs_depth = any(v == "{half}" for m in modes for v in MODE_OPTIONS.get(m, {}).values())
+    if not needs_depth and not any("base" in defence_class(METHOD_OF.get(m, m))().needs() for m in modes):
+        return {"base": None, "n_layers": None}
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(model_dir).num_hidden_layers)
+    base = _perturbed_copy(model, target, args)
+    return {"base": base, "n_layers": int(AutoConfig.from_pretrained(base).num_hidden_layers)}
 
 
 def _perturbed_copy(model: str, target: Path, args) -> str:
@@ -190,6 +199,11 @@ def timed_step(trainer, batch) -> tuple[float, float]:
     return dt, float(loss.detach())
 
 
+def _first_half(setup: dict) -> str:
+    """The `--freeze-layers` spec of the first half of the model's decoder layers."""
+    return f"0-{max(1, setup['n_layers'] // 2) - 1}"
+
+
 def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> dict:
     """`safekeel train` options of one mode (flat names) on the shared set-up; outputs under `work`."""
     import torch
@@ -201,7 +215,7 @@ def mode_flags(mode: str, setup: dict, args, work: Path, *, max_steps: int) -> d
     inputs = {**cls().needs(), **cls.optional_inputs}
     flat = {"method": method, **{k: setup[{"safety_data": "safety"}.get(k, k)] for k in ("base", "safety_data")
                                  if k in inputs},
-            **{k: v.format(half=f"0-{max(1, setup['n_layers'] // 2) - 1}") for k, v in MODE_OPTIONS.get(mode, {}).items()}, "model": setup["model"], "dataset": setup["data"],
+            **{k: _first_half(setup) if v == "{half}" else v for k, v in MODE_OPTIONS.get(mode, {}).items()}, "model": setup["model"], "dataset": setup["data"],
             "tokens": setup["tokens"] if method == "pact" else None, "output_dir": str(work / "out"),
             "max_steps": max_steps, "logging_steps": 1000, "save_steps": 10**6, "disable_tqdm": True,
             "per_device_train_batch_size": args.batch_size, "overlap_check": "none", "bf16": args.bf16,
