@@ -4,8 +4,8 @@
   `safekeel.data.safety_data`), harmful prompts with refusals, flagged safe.
 - `load_base(ctx)`: the `--base` model (the unaligned counterpart: SafeLoRA's and AsFT's W_aligned −
   W_base), frozen, on the training device, checked to have the aligned model's parameter names and shapes.
-- `aligned_weights(ctx)` / `trainable_parameters(model)`: the weights before fine-tuning and the
-  trainable parameters by name (EWC's anchor, the LoRA factors).
+- `trainable_parameters(model)`: the parameters the optimizer updates, by name (the LoRA factors, or
+  every weight with `--full`).
 
 Call them from `setup(ctx)` (the model is the aligned model, before LoRA wrapping).
 """
@@ -68,11 +68,6 @@ def load_base(ctx: TrainContext):
     base = base.to(ctx.device).requires_grad_(False).eval()
     ctx.cache["base_model"] = base
     return base
-
-
-def aligned_weights(ctx: TrainContext, names=None) -> dict:
-    """{parameter name: detached copy} of the model before fine-tuning (all, or the given names)."""
-    return {n: p.detach().clone() for n, p in ctx.model.named_parameters() if names is None or n in names}
 
 
 def trainable_parameters(model) -> dict:

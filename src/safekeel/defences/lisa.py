@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from safekeel.defences.base import DataPlan, Defence, DefenceOptions, LossTerms, StepState
-from safekeel.defences.inputs import SAFETY_DATA_HELP, safety_rows
+from safekeel.defences.inputs import SAFETY_DATA_HELP, safety_rows, trainable_parameters
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class Lisa(Defence):
                         schedule=lambda step: "safety" if is_alignment_step(step, a, f) else "main")
 
     def configure_model(self, model):
-        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = list(trainable_parameters(model).items())
         if self.options.lisa_rho > 0:  # θ̃ before the first switch: the weights training starts from
             self.anchor, self.anchor_step = [p.detach().clone() for _, p in self.params], 0
         return model
