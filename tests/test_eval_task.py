@@ -169,3 +169,51 @@ def test_cli_eval_task_on_tiny_model(tiny_dirs, tmp_path, capsys):
     assert t["n"] == 2 and t["correct"] == sum(r["correct"] for r in rows)
     assert all(r["extracted"] == task.extract(r["response"]) for r in rows)
     assert res["model"]["kind"] == "local" and res["runs"][-1]["arguments"]["task"] == str(data)
+
+
+class CutOffGenerator(FakeGenerator):
+    """Like FakeGenerator, but says which answers the token budget stopped (`Answers.cut_off`): those
+    to prompts with an even i, whose text is also cut before the final number."""
+
+    def generate(self, texts):
+        from safekeel.generation import Answers
+
+        self.calls += 1
+        out, stopped = [], set()
+        for j, t in enumerate(texts):
+            i = int(t.split()[2])
+            if i % 2 == 0:
+                out.append(f"First, {i} plus")
+                stopped.add(j)
+            else:
+                out.append(f"{i} plus {i} makes {2 * i}")
+        return Answers(out, cut_off=stopped)
+
+
+def test_cut_off_share_and_accuracy_of_finished_answers(tmp_path):
+    res = run_task_eval(CutOffGenerator(), FakeTask(), tmp_path, TaskConfig(progress=False))
+    t = res["tasks"]["fakearith"]
+    # q0, q2, q4 cut off (q0's "0" happens to be right: "First, 0 plus" ends in 0); q1, q3, q5 finished and right
+    assert (t["cut_off"], t["cut_off_known"], t["cut_off_rate"]) == (3, 6, 0.5)
+    assert t["correct"] == 4 and t["accuracy_finished"] == 1.0
+    rows = read_jsonl(tmp_path / "samples_task_fakearith.jsonl")
+    assert [r["cut_off"] for r in rows] == [True, False, True, False, True, False]
+    # a generator that does not say: the share is unknown, not zero
+    res = run_task_eval(FakeGenerator(), FakeTask(), tmp_path / "plain", TaskConfig(progress=False))
+    t = res["tasks"]["fakearith"]
+    assert t["cut_off_known"] == 0 and t["cut_off_rate"] is None and t["accuracy_finished"] is None
+
+
+def test_task_chooses_answer_length_and_cli_warns_on_cut_off(tiny_dirs, tmp_path, capsys):
+    assert resolve_task("arith").max_new_tokens == 512 and resolve_task("sentiment").max_new_tokens == 64
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(3)))
+    assert resolve_task(str(data)).max_new_tokens == 512
+    out = tmp_path / "run"
+    assert main(["eval", "task", "--model", tiny_dirs["aligned"], "--task", str(data), "--max-new-tokens", "3",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    t = json.loads((out / "results.json").read_text())["tasks"]["sums"]
+    rows = read_jsonl(out / "samples_task_sums.jsonl")
+    assert t["cut_off_known"] == 3 and t["cut_off"] == sum(r["cut_off"] for r in rows)
+    if t["cut_off"]:  # a random model rarely ends its answer within 3 tokens
+        assert f"{t['cut_off']} of 3 answers used all 3 new tokens" in capsys.readouterr().err

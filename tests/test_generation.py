@@ -135,3 +135,34 @@ def test_batched_equals_one_at_a_time_on_packaged_smollm2():
     texts = [format_prompt(tok, p) for p in PROMPTS[:4]]
     single = [generate(model, tok, [t], max_new_tokens=12, batch_size=1, progress=False)[0] for t in texts]
     assert generate(model, tok, texts, max_new_tokens=12, batch_size=4, progress=False) == single
+
+
+def test_cut_off_marks_answers_stopped_by_the_token_budget(model_and_texts, tokenizer):
+    """`Answers.cut_off`: the answers that used every new token without an end token, as literal greedy
+    decoding says; forcing the end token first makes none cut off, forbidding it makes all of them."""
+    from safekeel.chat import end_of_turn_ids
+    from safekeel.generation import TokenBias
+
+    model, texts = model_and_texts
+    ends = end_of_turn_ids(tokenizer)
+    answers = generate(model, tokenizer, texts, max_new_tokens=6, batch_size=2, progress=False)
+    expected = set()
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        stopped = True
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = int(model(ids).logits[0, -1].argmax())
+                if nxt in ends:
+                    stopped = False
+                    break
+                ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        if stopped:
+            expected.add(i)
+    assert answers.cut_off == expected
+    forced = generate(model, tokenizer, texts, max_new_tokens=6, batch_size=2, progress=False,
+                      logits_processors=[TokenBias(ends, 1e4)])
+    assert forced.cut_off == set() and forced == [""] * len(texts)
+    forbidden = generate(model, tokenizer, texts, max_new_tokens=6, batch_size=5, progress=False,
+                         logits_processors=[TokenBias(ends, -1e9)])
+    assert forbidden.cut_off == set(range(len(texts)))

@@ -164,3 +164,24 @@ def test_hub_tasks_fail_clearly_offline(monkeypatch):
     with pytest.raises(SafekeelError, match="Couldn't reach") as err:
         get_task("sst2").examples("test", 5)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("response, number", [
+    ("The answer is 113.", "113"),
+    ("5 + 108 = 113", "113"),
+    ("So she has **113** apples left.", "113"),
+    ("Therefore, Lucas is \\(\\boxed{18}\\) years old.", "18"),
+    ("\\[ \\boxed{1,200} \\]", "1200"),
+    ("Answer: 113 apples, from 3 boxes", "113"),
+    ("#### 42", "42"),
+    ("The final answer is: $\\boxed{7}$", "7"),
+    ("The answer is $2.50.", "2.5"),
+    ("**Answer: 57**", "57"),
+    ("The answer is \\( 42 \\).", "42"),
+    ("The final answer is **17**. Hope that helps with your 2 questions", "17"),
+    ("Step 1: 3*4=12. Step 2: 12+5=17", "17"),
+    ("\\boxed{9} ... the answer is 10 (check: 2 steps)", "9"),  # boxed wins over a later marker
+    ("no number here", None),
+])
+def test_extract_number_accepts_the_usual_answer_forms(response, number):
+    assert extract_number(response) == number

@@ -30,12 +30,16 @@ _CONFIG_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length
 
 class Answers(list):
     """The answers (a list of str) plus what was cut: `truncated` maps the index of each prompt that
-    was longer than `budget` tokens to its original token count."""
+    was longer than `budget` tokens to its original token count; `cut_off` holds the indices of the
+    answers that used all `max_new_tokens` without reaching an end token (None: not known, e.g. an
+    injected generator), which a task score must report, since such an answer was stopped, not finished."""
 
-    def __init__(self, items=(), truncated: dict[int, int] | None = None, budget: int | None = None):
+    def __init__(self, items=(), truncated: dict[int, int] | None = None, budget: int | None = None,
+                 cut_off: set[int] | None = None):
         super().__init__(items)
         self.truncated = dict(truncated or {})
         self.budget = budget
+        self.cut_off = None if cut_off is None else set(cut_off)
 
 
 def context_length(model, tokenizer) -> int | None:
@@ -140,6 +144,8 @@ def generate(
         log.warning(truncation_message(len(cut), len(texts), budget))
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
     outputs: list[str | None] = [None] * len(texts)
+    stopped: set[int] = set()  # answers that hit max_new_tokens before an end token
+    end_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
     processors = LogitsProcessorList(list(logits_processors or []))
     bar = tqdm(total=len(texts), desc=desc, disable=not progress, leave=False)
     try:
@@ -158,10 +164,14 @@ def generate(
                 eos_token_id=eos_ids or None,
                 logits_processor=processors if len(processors) else None,
             )
-            new_tokens = out[:, input_ids.shape[1]:]
+            new_tokens = out[:, input_ids.shape[1]:]  # [b, T]; finished rows are padded after their end token
+            ended = torch.isin(new_tokens, end_ids.to(new_tokens.device)).any(1).tolist() if end_ids.numel() \
+                else [False] * len(idx)
             for row, i in enumerate(idx):
                 outputs[i] = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+                if new_tokens.shape[1] >= max_new_tokens and not ended[row]:
+                    stopped.add(i)
             bar.update(len(idx))
     finally:
         bar.close()
-    return Answers([o or "" for o in outputs], cut, budget)
+    return Answers([o or "" for o in outputs], cut, budget, stopped)

@@ -136,7 +136,8 @@ class VLLMGenerator:
 
             lora = LoRARequest("adapter", 1, self.adapter)
         outputs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        return Answers([o.outputs[0].text.strip() for o in outputs], cut, budget)
+        stopped = {i for i, o in enumerate(outputs) if o.outputs[0].finish_reason == "length"}
+        return Answers([o.outputs[0].text.strip() for o in outputs], cut, budget, stopped)
 
 
 def require_vllm() -> None:

@@ -16,11 +16,11 @@ from safekeel.errors import SafekeelError
 from safekeel.evaluation.stats import MAX_JUDGE_ERRORS
 
 
-def _common(p) -> None:
+def _common(p, max_new_tokens_help: str = "answer length (default 256)", max_new_tokens: int | None = 256) -> None:
     add_model_flags(p)
     add_flag(p, "output-dir", required=True, help="directory for samples_*.jsonl and results.json (resumable)")
     add_flag(p, "limit", type=positive_int, default=None, help="first N prompts / examples only")
-    add_flag(p, "max-new-tokens", type=positive_int, default=256, help="answer length (default 256)")
+    add_flag(p, "max-new-tokens", type=positive_int, default=max_new_tokens, help=max_new_tokens_help)
     add_flag(p, "batch-size", type=positive_int, default=None,
              help="prompts per batch, saved after each (default 8 for hf, 256 for vllm)")
     add_flag(p, "backend", default="hf", choices=["hf", "vllm"], help="generation backend (vllm if installed)")
@@ -59,7 +59,9 @@ def register(sub) -> None:
     sp.set_defaults(func=run_safety)
 
     tp = esub.add_parser("task", help="task accuracy with answer extraction")
-    _common(tp)
+    _common(tp, "answer length (default: the task's, enough for a worked solution to finish: 512 for arith, "
+                "gsm8k and numeric files, 64 for label tasks); the share of answers cut off is reported",
+            max_new_tokens=None)
     add_flag(tp, "task", required=True, help="arith | sentiment | topic | gsm8k | sst2 | agnews | labelled FILE")
     add_flag(tp, "split", default="test", help="task split (default test)")
     add_flag(tp, "seed", type=int, default=0, help="seed of generated tasks (default 0)")
@@ -152,11 +154,17 @@ def run_task(args) -> int:
     checks.output_dir(args.output_dir, "--output-dir")
     task = resolve_task(args.task)
     _check_models(args)
+    args.max_new_tokens = args.max_new_tokens or task.max_new_tokens
     generator = _generator(args, args.model, args.adapter)
     cfg = TaskConfig(split=args.split, limit=args.limit, seed=args.seed, system=args.system,
                      overwrite=args.overwrite, progress=not args.no_progress, command="eval task",
                      extra={"arguments": _arguments(args)})
     results = run_task_eval(generator, task, args.output_dir, cfg, spec=args.task)
     print_tasks(results, [task.name])
+    entry = results["tasks"][task.name]
+    if entry.get("cut_off"):
+        print(f"warning: {entry['cut_off']} of {entry['n']} answers used all {args.max_new_tokens} new tokens "
+              "without finishing; their last number is often an intermediate one: raise --max-new-tokens",
+              file=sys.stderr)
     print(f"wrote {args.output_dir}/results.json ({results['runs'][-1]['timing']['total_s']:.1f} s)")
     return 0

@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "safekeel.cli.eval_cmd",
     "safekeel.cli.gate_cmd",
     "safekeel.cli.compare_cmd",
+    "safekeel.cli.experiment_cmd",
+    "safekeel.cli.report_cmd",
 ]
 
 

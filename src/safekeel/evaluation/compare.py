@@ -30,7 +30,7 @@ def _union(runs: list[tuple[str, dict]], section: str) -> list[str]:
 
 def comparison_table(runs: list[tuple[str, dict]], *, ci: bool = False) -> tuple[list[str], list[list[str]]]:
     """(columns, rows): one row per run; ASR per benchmark, then over-refusal per probed set (next to the
-    ASR it qualifies: a low ASR from a model that refuses everything is no success), then accuracy per task."""
+    ASR it qualifies: a low ASR from a model that refuses everything is no success), then accuracy per task (with the share of answers cut off by the token budget, when any was)."""
     benchmarks, tasks = _union(runs, "benchmarks"), _union(runs, "tasks")
     probed = [(key, label) for key, label in OVER_REFUSAL_LABELS.items()
               if any((d.get("probes") or {}).get(key) for _, d in runs)]
@@ -49,6 +49,7 @@ def comparison_table(runs: list[tuple[str, dict]], *, ci: bool = False) -> tuple
             row.append(f"{fmt_rate(o['rate'], o['ci95'] if ci else None)} (n={o['n']})" if o else "-")
         for t in tasks:
             e = data.get("tasks", {}).get(t)
-            row.append(f"{fmt_rate(e['accuracy'], e['ci95'] if ci else None)} (n={e['n']})" if e else "-")
+            cut = f", {fmt_rate(e['cut_off_rate'])} cut off" if e and e.get("cut_off") else ""
+            row.append(f"{fmt_rate(e['accuracy'], e['ci95'] if ci else None)} (n={e['n']}{cut})" if e else "-")
         rows.append(row)
     return columns, rows

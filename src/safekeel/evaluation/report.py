@@ -71,12 +71,13 @@ def print_tasks(results: dict, names: list[str] | None = None) -> None:
 
     tasks = results.get("tasks", {})
     table = Table(title=f"task accuracy of {results.get('model', {}).get('spec') or 'model'}")
-    for col in ("task", "n", "correct", "accuracy [95% CI]", "no answer found"):
+    for col in ("task", "n", "correct", "accuracy [95% CI]", "no answer found", "cut off"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for name in names or list(tasks):
         t = tasks[name]
+        cut = fmt_rate(t["cut_off_rate"]) if t.get("cut_off_rate") is not None else "?"
         table.add_row(name, str(t["n"]), str(t["correct"]), fmt_rate(t["accuracy"], t["ci95"]),
-                      str(t["extraction_failures"]))
+                      str(t["extraction_failures"]), cut)
     _console().print(table)
 
 

@@ -9,6 +9,8 @@ whose `judge` differs from the current judge's id, that were never judged, or wh
 
 A prompt the generator had to cut to fit the model's context gets `truncated: {"prompt_tokens",
 "kept_tokens"}` in its row, and `fill` logs one warning line per prompt set saying how many were cut.
+An answer that used every one of `max_new_tokens` without reaching an end token gets `cut_off: true`
+(false when it finished; absent when the generator does not say): task scores report that share.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class SampleStore:
                 chunk = todo[start:start + batch_size]
                 answers = generate([self.texts[str(r["id"])] for r in chunk])
                 cut = getattr(answers, "truncated", None) or {}  # safekeel.generation.Answers
+                stopped = getattr(answers, "cut_off", None)  # None: the generator does not say
                 budget = getattr(answers, "budget", budget)
                 n_cut += len(cut)
                 for i, (rec, answer) in enumerate(zip(chunk, answers)):
@@ -107,6 +110,8 @@ class SampleStore:
                     row = {**rec, "id": rid, "response": answer, "settings": self.keys[rid]}
                     if i in cut:
                         row["truncated"] = {"prompt_tokens": cut[i], "kept_tokens": budget}
+                    if stopped is not None:
+                        row["cut_off"] = i in stopped
                     self.rows[rid] = row
                 self.save()
                 bar.update(len(chunk))

@@ -4,7 +4,8 @@ Tasks come from `safekeel.tasks.get_task(name_or_file)` (arith, sentiment, topic
 agnews, or a local labelled file); each gives `examples(split, n, seed)` with `id`, `prompt`, `answer`,
 plus `extract(response)` (the final number; the label word) and `is_correct(response, example)`; any
 object with that interface works. Answers are generated greedily with the evaluation generator
-(resumable, like `eval safety`) and scored on every run, so a better extractor rescores stored
+(resumable, like `eval safety`), each row noting whether the token budget cut it off (`cut_off`; the
+summary gives the share, `cut_off_rate`, and the accuracy over finished answers), and scored on every run, so a better extractor rescores stored
 answers without regenerating them. The output directory is locked while the run writes
 (`safekeel.locking.RunLock`), so a second evaluation into it fails at once instead of interleaving.
 """
@@ -43,17 +44,27 @@ class TaskConfig:
 
 
 def score_rows(task, rows: list[dict], examples: dict) -> dict:
-    """Fill `extracted` and `correct` on sample rows; return the accuracy summary."""
-    correct = failures = 0
+    """Fill `extracted` and `correct` on sample rows; return the accuracy summary.
+
+    `cut_off` counts answers stopped by the token budget (rows whose generator said so; `cut_off_known`
+    is how many rows say either way), and `accuracy_finished` is the accuracy over the finished ones:
+    a high cut-off share with a low accuracy means the budget, not the skill, was measured."""
+    correct = failures = cut = known = correct_finished = 0
     for row in rows:
         ex = examples[row["id"]]
         row["extracted"] = task.extract(row["response"])
         row["correct"] = bool(task.is_correct(row["response"], ex))
         correct += row["correct"]
         failures += row["extracted"] is None
-    n = len(rows)
+        if "cut_off" in row:
+            known += 1
+            cut += bool(row["cut_off"])
+            correct_finished += row["correct"] and not row["cut_off"]
+    n, finished = len(rows), known - cut
     return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "ci95": wilson_interval(correct, n),
-            "extraction_failures": failures}
+            "extraction_failures": failures, "cut_off": cut, "cut_off_known": known,
+            "cut_off_rate": cut / known if known else None,
+            "accuracy_finished": correct_finished / finished if finished else None}
 
 
 def run_task_eval(generator, task, out_dir: str | Path, cfg: TaskConfig, spec: str | None = None) -> dict:

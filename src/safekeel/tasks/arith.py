@@ -2,8 +2,12 @@
 
 Each template draws names, objects and numbers from a seeded RNG, checks that every intermediate value
 is a positive integer, and writes a short worked solution ending with "The answer is N." — the
-training target. Grading takes the final number of a response, preferring one that follows
-"answer is" or "####" (GSM8K's own marker), so both this format and GSM8K's are understood.
+training target. Grading measures the arithmetic, not the answer format: `extract_number` takes, in
+this order, the last `\\boxed{N}` (the LaTeX style of math-tuned chat models), the last number after an
+answer marker ("The answer is 113", "Answer: 113", "Final answer = 113", GSM8K's "#### 113", with optional
+"**", "$" or "\\(" around it), the last bold number ("**113**"), and else the last number of the
+response ("... = 113."). A response cut off by the token budget is scored too, but the sample row says
+`cut_off` and `eval task` reports the share, because its last number is usually an intermediate one.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ THINGS = [("notebook", "notebooks"), ("pen", "pens"), ("sandwich", "sandwiches")
           ("toy car", "toy cars"), ("mug", "mugs"), ("plant", "plants"), ("T-shirt", "T-shirts")]
 PLANTS = ["tomato plants", "apple trees", "sunflowers", "rose bushes", "pepper plants", "lettuce heads"]
 PURCHASES = ["a bike", "a video game", "a pair of shoes", "a guitar", "a tablet", "a jacket", "a camera"]
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_MARKED = re.compile(r"(?:answer\s+is|####)\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_NUM = r"(-?\d[\d,]*(?:\.\d+)?)"
+_NUMBER = re.compile(_NUM)
+_BOXED = re.compile(r"\\boxed\s*\{\s*\\?\$?\s*" + _NUM)
+# "answer is 113", "answer: 113", "answer = $113", "answer is **113**", "answer is \(113\)", "#### 113"
+_MARKED = re.compile(r"(?:answer\s*(?:is|:|=)|####)\s*:?\s*(?:\*\*|\\\(|\\\[|\$|\s)*" + _NUM, re.IGNORECASE)
+_BOLD = re.compile(r"\*\*[^*\d]{0,12}?\$?" + _NUM + r"[^*\d]{0,24}\*\*")
 
 
 def canonical_number(text: str) -> str | None:
@@ -37,11 +45,14 @@ def canonical_number(text: str) -> str | None:
 
 
 def extract_number(response: str) -> str | None:
-    """The answer in a response: the last number after "answer is"/"####", else the last number at all."""
+    """The answer in a response: the last boxed number, else the last after an answer marker, else the
+    last bold number, else the last number at all (see the module docstring); None when there is none."""
     text = response or ""
-    marked = _MARKED.findall(text)
-    candidates = marked or _NUMBER.findall(text)
-    return canonical_number(candidates[-1]) if candidates else None
+    for pattern in (_BOXED, _MARKED, _BOLD, _NUMBER):
+        found = pattern.findall(text)
+        if found:
+            return canonical_number(found[-1])
+    return None
 
 
 def _person(rng):
@@ -173,6 +184,7 @@ TEMPLATES = (_buy_give, _change, _wages, _pages, _share, _garden, _ages, _trip, 
 class ArithTask(GeneratedTask):
     name = "arith"
     description = "generated multi-step arithmetic word problems (GSM8K-like), integer answers"
+    max_new_tokens = 512  # a 0.5B chat model's step-by-step LaTeX solution takes 150-400 tokens
 
     def sample(self, rng: random.Random) -> tuple[str, str, str]:
         question, answer, steps = rng.choice(TEMPLATES)(rng)

@@ -52,6 +52,9 @@ class Task(ABC):
     name: str = "task"
     description: str = ""
     default_sizes: ClassVar[dict[str, int | None]] = {"train": 1000, "test": 200}
+    # `eval task`'s default answer length: room for a chat model's own worked solution to finish, so the
+    # score measures the skill, not whether the answer fits (the cut-off share is reported beside it)
+    max_new_tokens: int = 256
 
     def examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[TaskExample]:
         """`n` examples of `split`; n=None gives the split's default size (`default_sizes`, where None means
@@ -125,6 +128,7 @@ class LabelTask(Task):
     """Classification: `labels` maps each canonical label to regexes; the earliest match in the response wins."""
 
     labels: ClassVar[dict[str, tuple[str, ...]]] = {}
+    max_new_tokens = 64  # a label, perhaps after a short preamble
 
     def extract(self, response: str) -> str | None:
         best: tuple[int, int, str] | None = None  # (start, -length, label): earliest, then longest

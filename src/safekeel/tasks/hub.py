@@ -73,6 +73,7 @@ class GSM8KTask(HubTask):
     description = "GSM8K grade-school maths (hub: openai/gsm8k), graded on the final number"
     repo, config = "openai/gsm8k", "main"
     offline_twin = "arith"
+    max_new_tokens = 512
 
     def convert(self, row):
         solution = row["answer"]

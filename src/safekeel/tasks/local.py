@@ -53,9 +53,9 @@ class LocalTask(Task):
             self._by_split.setdefault(split, []).append(example)
         answers = [e.answer for rows_ in self._by_split.values() for e in rows_]
         if all(canonical_number(a) is not None for a in answers):
-            self.mode = "number"
+            self.mode, self.max_new_tokens = "number", 512  # a worked solution ending in the number
         elif len({a.lower() for a in answers}) <= MAX_LABELS and all(len(a) <= 40 for a in answers):
-            self.mode = "label"
+            self.mode, self.max_new_tokens = "label", 64
             self.label_set = sorted(set(answers), key=lambda a: (-len(a), a))  # longest first: "very good" before "good"
         else:
             self.mode = "exact"
