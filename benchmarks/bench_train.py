@@ -24,9 +24,17 @@ before the first step beyond SFT's: the reference cache pass, a Fisher estimate,
 plus `after_train`, e.g. SafeLoRA's projection), and an end-to-end ratio for a whole run (--examples rows
 × --epochs, plus the one-off seconds; also for one epoch).
 
+`--monitor-overhead` measures the safety monitor instead (training/monitor.py): one mode (`--monitor-mode`,
+default pact-cache) trained in this process with the monitor off and on, alternately (`--repeats` pairs),
+on a generated set of harmful-looking prompts. Reported: the whole `train()` time with / without (the
+start probe and every periodic probe included), the seconds per probe (`monitor/seconds`), and the
+overhead at the default interval projected from them: probe seconds / (interval × seconds per step).
+
     python benchmarks/bench_train.py --tiny --steps 4                     # smoke test (seconds)
     python benchmarks/bench_train.py --model smollm2-135m-instruct        # CPU figures
     python benchmarks/bench_train.py --random-config qwen2.5-1.5b --bf16  # GPU, random weights, no download
+    python benchmarks/bench_train.py --random-config smollm2-135m --monitor-overhead --monitor-steps 2 \
+        --warmup 1 --steps 4 --batch-size 4 --prompt-tokens 48 --answer-tokens 96   # monitor cost, CPU
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ MODE_OPTIONS = {"freeze": {"freeze_layers": "{half}"},
                 "lisa": {"lisa_alignment_steps": "1", "lisa_finetune_steps": "9"}}
 # Shapes of public configs, hard-coded because the benchmark machine has no network.
 RANDOM_CONFIGS = {
+    "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                     "max_position_embeddings": 8192, "rope_theta": 100000.0, "rms_norm_eps": 1e-5,
+                     "tie_word_embeddings": True, "hidden_act": "silu"},
     "qwen2.5-1.5b": {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
                      "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
                      "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
@@ -119,8 +131,12 @@ def make_setup(args, root: Path) -> dict:
         {"role": "user", "content": _text(tok, rng, args.prompt_tokens)}, {"role": "assistant", "content": refusal}]}
         for i in range(max(8, args.examples // 4))]
     (root / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in safety))
+    # the monitor's prompts: 41 like harmbench-val, about as long as its behaviours (~24 tokens)
+    (root / "monitor.jsonl").write_text("".join(json.dumps({"id": f"m{i}", "prompt": _text(tok, rng, 24)}) + "\n"
+                                                for i in range(41)))
     return {"model": model, "tokens": str(root / "tokens.json"), "data": str(root / "data.jsonl"),
-            "safety": str(root / "safety.jsonl"), **_base_and_depth(model, root / "base", args)}
+            "safety": str(root / "safety.jsonl"), "monitor_prompts": str(root / "monitor.jsonl"),
+            **_base_and_depth(model, root / "base", args)}
 
 
 def _base_and_depth(model: str, target: Path, args) -> dict:
@@ -278,6 +294,86 @@ def run_mode(mode: str, setup: dict, args, out_file: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------- monitor
+def _full_length_answers(n_tokens: int):
+    """`monitor_probe.answer`, each answer padded with filler words to at least `n_tokens` tokens: random
+    weights emit ids the stand-in tokenizer cannot decode, while a real model's refusal fills the probe's
+    budget, so the teacher-forced pass is timed at its full length (generation is timed as it is)."""
+    from safekeel.training import monitor_probe
+
+    real, filler = monitor_probe.answer, " ".join(["sorry"] * n_tokens)
+
+    def answer(model, tok, texts, max_new_tokens):
+        return [a if len(tok(a, add_special_tokens=False).input_ids) >= n_tokens else f"{a} {filler}"
+                for a in real(model, tok, texts, max_new_tokens)]
+
+    return answer
+
+
+def monitor_run(setup: dict, args, interval: int) -> dict:
+    """One training run of `args.monitor_mode` (interval 0: no monitor): wall time of `train()`, step times
+    and the monitor's per-probe seconds from the log."""
+    from transformers import TrainerCallback
+
+    from safekeel.training.config import build_config
+    from safekeel.training.run import prepare
+
+    work = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
+    flat = mode_flags(args.monitor_mode, setup, args, work, max_steps=args.warmup + args.steps)
+    flat.update(monitor_steps=interval, monitor_prompts=setup["monitor_prompts"] if interval else None,
+                logging_steps=10**6)
+    prep = prepare(build_config(flat), reference_impl="fast", progress=False)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):  # after the monitor's on_step_end: a probe step is slower (median)
+            times.append(time.perf_counter() - self.t)
+
+    prep.trainer.add_callback(Timer())
+    t0 = time.perf_counter()
+    prep.trainer.train()
+    total = time.perf_counter() - t0
+    probes = [r for r in map(json.loads, (work / "out" / "train_log.jsonl").read_text().splitlines())
+              if "monitor/seconds" in r]
+    shutil.rmtree(work, ignore_errors=True)
+    return {"train_seconds": total, "step_times": times[args.warmup:],
+            "start_probe_seconds": next((r["monitor/seconds"] for r in probes if r["step"] == 0), None),
+            "probe_seconds": [r["monitor/seconds"] for r in probes if r["step"] > 0],
+            "refusal_rate": [r["monitor/refusal_rate"] for r in probes]}
+
+
+def monitor_overhead(setup: dict, args) -> dict:
+    """Train with the monitor off and on, alternately, in this process; ratios (see the module docstring)."""
+    from safekeel.training import monitor_probe
+    from safekeel.training.config import MonitorOptions
+
+    default = MonitorOptions().monitor_steps
+    interval = args.monitor_steps or default
+    monitor_probe.answer = _full_length_answers(MonitorOptions().monitor_probe_tokens)
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for rnd in range(args.repeats):
+        for name in ("off", "on"):
+            runs[name].append(monitor_run(setup, args, interval if name == "on" else 0))
+            print(f"round {rnd + 1}/{args.repeats} monitor {name}: {runs[name][-1]['train_seconds']:.2f} s")
+    s_step = statistics.median(t for r in runs["off"] for t in r["step_times"])
+    probe = [t for r in runs["on"] for t in r["probe_seconds"]] or [r["start_probe_seconds"] for r in runs["on"]]
+    probe_s = statistics.median(probe)
+    off, on = (statistics.median(r["train_seconds"] for r in runs[k]) for k in ("off", "on"))
+    result = {"mode": args.monitor_mode, "interval": interval, "default_interval": default,
+              "steps": args.warmup + args.steps, "s_per_step": s_step, "probe_seconds": probe_s,
+              "start_probe_seconds": statistics.median(r["start_probe_seconds"] for r in runs["on"]),
+              "train_seconds_off": off, "train_seconds_on": on, "measured_ratio": on / off,
+              "projected_ratio_default": 1 + probe_s / (default * s_step), "runs": runs}
+    print(f"\nmonitor overhead ({args.monitor_mode}, {result['steps']} steps, probe every {interval}): "
+          f"train() {off:.2f} s without, {on:.2f} s with = {on / off:.3f}x; {s_step:.3f} s/step, {probe_s:.3f} s per "
+          f"probe (start probe {result['start_probe_seconds']:.3f} s)\n"
+          f"projected at the default interval ({default} steps): {result['projected_ratio_default']:.3f}x")
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- report
 def pool_rounds(runs: list[dict]) -> dict:
     """One mode's rounds -> one result: median step time over all measured steps of all rounds, the
@@ -342,6 +438,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="rounds over all modes (pooled; see pool_rounds)")
     p.add_argument("--in-process", action="store_true",
                    help="run every mode in this process (CPU memory figures then include earlier modes' leftovers)")
+    p.add_argument("--monitor-overhead", action="store_true",
+                   help="time training with and without the safety monitor instead (see above)")
+    p.add_argument("--monitor-mode", default="pact-cache", choices=MODES, help="the mode --monitor-overhead trains")
+    p.add_argument("--monitor-steps", type=int, default=0,
+                   help="the probe interval of the measured runs (0: the default interval)")
     p.add_argument("--output", default="bench_train.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--setup", help=argparse.SUPPRESS)
@@ -356,6 +457,9 @@ def main(argv=None) -> int:
     (root / "setup.json").write_text(json.dumps(setup))
     print(f"set-up in {time.perf_counter() - t0:.1f} s: {setup['model']}, {args.examples} examples of "
           f"~{args.prompt_tokens}+{args.answer_tokens} tokens, batch {args.batch_size}")
+    if args.monitor_overhead:
+        summary = {"settings": vars(args), "monitor_overhead": monitor_overhead(setup, args)}
+        return _write(summary, args, root)
     results: dict[str, list[dict]] = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -386,7 +490,10 @@ def main(argv=None) -> int:
     if "sft" not in results:
         print("the sft mode is needed for the ratios", file=sys.stderr)
         return 1
-    summary = report(results, args)
+    return _write(report(results, args), args, root)
+
+
+def _write(summary: dict, args, root: Path) -> int:
     import torch
 
     summary["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"

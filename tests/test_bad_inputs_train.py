@@ -82,6 +82,18 @@ CASES = [
     ("report-to-unknown", ["--report-to", "nosuch"], "--report-to: unknown integration 'nosuch'", None),
     ("workers-negative", ["--dataloader-num-workers", "-1"], "--dataloader-num-workers must be >= 0", None),
     ("reference-batch-zero", ["--reference-batch-size", "0"], "--reference-batch-size must be positive", None),
+    ("tolerance-above-1", ["--safety-tolerance", "1.5"], "--safety-tolerance must be between 0 and 1", None),
+    ("tolerance-negative", ["--safety-tolerance=-0.1"], "--safety-tolerance must be between 0 and 1", None),
+    ("rollback-without-tolerance", ["--safety-rollback"], "--safety-rollback needs --safety-tolerance", None),
+    ("tolerance-monitor-off", ["--safety-tolerance", "0.1", "--monitor-steps", "0"], "needs the monitor", None),
+    ("monitor-steps-negative", ["--monitor-steps=-1"], "--monitor-steps must be >= 0", None),
+    ("monitor-probe-zero", ["--monitor-probe-prompts", "0"], "--monitor-probe-prompts must be positive", None),
+    ("max-rollbacks-zero", ["--max-rollbacks", "0"], "--max-rollbacks must be positive", None),
+    ("rollback-factor-zero", ["--rollback-lr-factor", "0"], "--rollback-lr-factor must be in (0, 1]", None),
+    ("monitor-prompts-missing", ["--monitor-prompts", "{tmp}/missing.jsonl"], "--monitor-prompts: file not found", None),
+    ("monitor-prompts-empty", ["--monitor-prompts", "{tmp}/empty.jsonl"], "--monitor-prompts {tmp}/empty.jsonl is empty",
+     "empty_data"),
+    ("monitor-prompts-unknown", ["--monitor-prompts", "nope"], "--monitor-prompts: unknown prompt set", None),
 ]
 
 

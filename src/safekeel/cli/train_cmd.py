@@ -33,6 +33,7 @@ def register(sub) -> None:
         RUN_FIELDS,
         TRAINING_DEFAULTS,
         LoraOptions,
+        MonitorOptions,
         RunConfig,
     )
 
@@ -44,7 +45,7 @@ def register(sub) -> None:
     taken: dict = {}
     defences = all_defences()
     notes = {"method": f"one of {', '.join(defences)}; default: pact"}
-    add_dataclass_flags(g, RunConfig, skip={"defence", "lora", "training"}, taken=taken, notes=notes)
+    add_dataclass_flags(g, RunConfig, skip={"defence", "lora", "monitor", "training"}, taken=taken, notes=notes)
     p._option_string_actions["--method"].choices = list(defences)
     users: dict[str, list[str]] = {}
     for name, cls in defences.items():
@@ -60,6 +61,8 @@ def register(sub) -> None:
         add_dataclass_flags(g, cls.options_class, taken=taken, notes=shared)
     g = p.add_argument_group("LoRA / full fine-tuning")
     add_dataclass_flags(g, LoraOptions, taken=taken)
+    g = p.add_argument_group("safety monitor and rollback (docs/monitoring.md)")
+    add_dataclass_flags(g, MonitorOptions, taken=taken)
     g = p.add_argument_group("training: every transformers TrainingArguments field (TRL / transformers names)")
     max_length = dataclasses.make_dataclass("MaxLength", [("max_length", int, dataclasses.field(
         default=TRAINING_DEFAULTS["max_length"], metadata={"help": NOT_TRAINING_ARGUMENTS["max_length"] +
@@ -108,12 +111,12 @@ def flat_options(args) -> dict:
 
 def yaml_sections(data: dict) -> dict:
     """A YAML config's keys, with sections flattened: `defence:`, `lora:`, `training:` or a method's name
-    (`pact: {lambda: 3}`) hold that part's options, as `safekeel_run.json`'s "options" does, so a run's
+    (`pact: {lambda: 3}`) or `monitor:` hold that part's options, as `safekeel_run.json`'s "options" does, so a run's
     recorded options are a valid config. Flat keys and sections mix; a key set twice must agree."""
     from safekeel.defences.registry import defence_names
     from safekeel.errors import SafekeelError
 
-    sections = {"defence", "lora", "training", *defence_names()}
+    sections = {"defence", "lora", "monitor", "training", *defence_names()}
     flat: dict = {}
     for key, value in data.items():
         inner = value.items() if str(key) in sections and isinstance(value, dict) else [(key, value)]

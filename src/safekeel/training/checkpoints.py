@@ -16,6 +16,7 @@ crash cut short (weights written, `trainer_state.json` not yet) and even one lef
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from safekeel.errors import SafekeelError
-from safekeel.training.config import RunConfig
+from safekeel.training.config import MonitorOptions, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors
 IGNORED = {"resume", "overwrite", "output_dir", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
            "report_to", "dataloader_num_workers", "reference_cache", "reference_cache_dir", "reference_batch_size",
            "overlap_check", "trust_remote_code", "gradient_checkpointing"}
+# The safety monitor only watches, unless --safety-rollback lets it restore weights and lower the learning
+# rate: its options are compared only when either run rolls back.
+MONITOR_KEYS = {f.name for f in dataclasses.fields(MonitorOptions)}
 IGNORED_PREFIXES = ("logging_", "log_", "save_", "dataloader_", "hub_", "push_to_hub", "report_", "eval", "run_name",
                     "project", "trackio_", "per_device_eval", "include_", "skip_memory", "ddp_timeout")
 
@@ -177,7 +181,7 @@ def flatten(options: dict) -> dict:
     """{flat option name: value} (the CLI's names) from a nested `RunConfig.to_dict()`."""
     out = {}
     for key, value in options.items():
-        if isinstance(value, dict) and key in ("defence", "pact", "lora", "training"):  # "pact": older records
+        if isinstance(value, dict) and key in ("defence", "pact", "lora", "monitor", "training"):  # "pact": older
             for name, inner in value.items():
                 if name == "extra" and isinstance(inner, dict):
                     out.update(inner)
@@ -192,9 +196,10 @@ def differences(old: dict, new: dict) -> list[str]:
     """'name old -> new' for each option that changes the training (see IGNORED)."""
     defaults = flatten(RunConfig().to_dict())  # a key an older record lacks had its default then
     a, b = flatten(old), flatten(new)
+    rollback = bool(a.get("safety_rollback") or b.get("safety_rollback"))
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in IGNORED or key.startswith(IGNORED_PREFIXES):
+        if key in IGNORED or key.startswith(IGNORED_PREFIXES) or (key in MONITOR_KEYS and not rollback):
             continue
         before, after = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
         if before != after:

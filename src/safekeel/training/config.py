@@ -27,6 +27,7 @@ __all__ = [
     "ALIASES",
     "TRAINING_DEFAULTS",
     "LoraOptions",
+    "MonitorOptions",
     "RunConfig",
     "TrainingOptions",
     "build_config",
@@ -78,6 +79,26 @@ class LoraOptions:
 
 
 @dataclass
+class MonitorOptions:
+    """The safety monitor and rollback (training/monitor.py, docs/monitoring.md)."""
+
+    monitor_steps: int = field(default=50, metadata=_help(
+        "probe safety at the start and every N optimizer steps (0: off)"))
+    monitor_prompts: str | None = field(default=None, metadata=_help(
+        "held-out harmful prompts for the monitor: a packaged set or a .jsonl/.csv file (not set: harmbench-val "
+        "when it is already in the cache; the monitor never downloads by itself)"))
+    monitor_probe_prompts: int = field(default=8, metadata=_help("prompts the monitor answers (spread over the set)"))
+    monitor_probe_tokens: int = field(default=32, metadata=_help("greedy answer tokens per probe prompt"))
+    safety_tolerance: float | None = field(default=None, metadata=_help(
+        "warn when the probe's refusal rate falls more than this below its value at the start (0-1)"))
+    safety_rollback: bool = field(default=False, metadata=_help(
+        "on a warning, restore the weights and optimizer of the last probe within tolerance and lower the "
+        "learning rate (needs --safety-tolerance)"))
+    max_rollbacks: int = field(default=2, metadata=_help("rollbacks at most; later warnings only warn"))
+    rollback_lr_factor: float = field(default=0.5, metadata=_help("learning rate multiplier at each rollback"))
+
+
+@dataclass
 class RunConfig:
     """Everything one `safekeel train` run needs; `run.train(config)` consumes it."""
 
@@ -120,16 +141,17 @@ class RunConfig:
         "prompt sets the harmful rows must not overlap, comma-separated, or none"))
     defence: DefenceOptions = field(default_factory=lambda: _default_defence_options())
     lora: LoraOptions = field(default_factory=LoraOptions)
+    monitor: MonitorOptions = field(default_factory=MonitorOptions)
     training: TrainingOptions = field(default_factory=lambda: TrainingOptions(TRAINING_DEFAULTS))
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SECTIONS}
         out.update(defence=dataclasses.asdict(self.defence), lora=dataclasses.asdict(self.lora),
-                   training=dict(self.training))
+                   monitor=dataclasses.asdict(self.monitor), training=dict(self.training))
         return out
 
 
-SECTIONS = ("defence", "lora", "training")
+SECTIONS = ("defence", "lora", "monitor", "training")
 RUN_FIELDS = [f for f in fields(RunConfig) if f.name not in SECTIONS]
 
 
@@ -192,13 +214,14 @@ def build_config(flat: dict) -> RunConfig:
         given[key] = value
     run_types = {f.name: f.type for f in RUN_FIELDS}
     lora_types = {f.name: f.type for f in fields(LoraOptions)}
+    monitor_types = {f.name: f.type for f in fields(MonitorOptions)}
     owners = defence_option_owners()
     hf_fields = training_argument_fields()
     reserved = sorted(k for k in given if k in RESERVED and k not in run_types)
     if reserved:
         raise SafekeelError(f"{', '.join(reserved)}: set by safekeel itself and cannot be given")
-    unknown = [k for k in given if k not in run_types and k not in lora_types and k not in owners
-               and k not in hf_fields and k not in TRAINING_DEFAULTS]
+    unknown = [k for k in given if k not in run_types and k not in lora_types and k not in monitor_types
+               and k not in owners and k not in hf_fields and k not in TRAINING_DEFAULTS]
     if unknown:
         raise SafekeelError(f"unknown option(s): {', '.join(sorted(unknown))} (see `safekeel train --help`)")
 
@@ -218,6 +241,8 @@ def build_config(flat: dict) -> RunConfig:
             setattr(cfg, key, value if key == "resume" else coerce(run_types[key], key, value))
         elif key in lora_types:
             setattr(cfg.lora, key, coerce(lora_types[key], key, value))
+        elif key in monitor_types:
+            setattr(cfg.monitor, key, coerce(monitor_types[key], key, value))
         else:  # a TrainingArguments field (or max_length): typed like safekeel's default, else checked later
             if _non_finite(value):
                 raise SafekeelError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
@@ -273,5 +298,35 @@ def validate(cfg: RunConfig) -> None:
     for name in ("model", "dataset", "output_dir"):
         if not getattr(cfg, name):
             raise SafekeelError(f"--{name.replace('_', '-')} is required")
+    _validate_monitor(cfg)
     cls = defence_class(cfg.method)
     cls(cfg.defence).check(cfg)
+
+
+def _validate_monitor(cfg: RunConfig) -> None:
+    from safekeel.defences.base import sharded_backend
+
+    m = cfg.monitor
+    if m.monitor_steps < 0:
+        raise SafekeelError(f"--monitor-steps must be >= 0 (0 turns the monitor off), got {m.monitor_steps}")
+    for name in ("monitor_probe_prompts", "monitor_probe_tokens", "max_rollbacks"):
+        if getattr(m, name) <= 0:
+            raise SafekeelError(f"--{name.replace('_', '-')} must be positive, got {getattr(m, name)}")
+    if m.safety_tolerance is not None and not 0.0 <= m.safety_tolerance <= 1.0:
+        raise SafekeelError(f"--safety-tolerance must be between 0 and 1 (a drop in refusal rate), got "
+                            f"{m.safety_tolerance}")
+    if not 0.0 < m.rollback_lr_factor <= 1.0:
+        raise SafekeelError(f"--rollback-lr-factor must be in (0, 1], got {m.rollback_lr_factor}")
+    if m.monitor_prompts is not None and not str(m.monitor_prompts).strip():
+        raise SafekeelError("--monitor-prompts is empty")
+    asked = [flag for flag, on in (("--safety-tolerance", m.safety_tolerance is not None),
+                                   ("--safety-rollback", m.safety_rollback),
+                                   ("--monitor-prompts", m.monitor_prompts is not None)) if on]
+    if m.safety_rollback and m.safety_tolerance is None:
+        raise SafekeelError("--safety-rollback needs --safety-tolerance (the drop in refusal rate that triggers it)")
+    if m.monitor_steps == 0 and asked[:1] in (["--safety-tolerance"], ["--safety-rollback"]):
+        raise SafekeelError(f"{asked[0]} needs the monitor, which --monitor-steps 0 turns off")
+    backend = sharded_backend(cfg.training)
+    if asked and backend:  # the probe generates with the unwrapped model, whose parameters are sharded there
+        raise SafekeelError(f"{asked[0]}: the safety monitor works with DDP, not {backend}; use plain "
+                            "`accelerate launch` / torchrun, or leave the monitor off (--monitor-steps 0)")

@@ -107,6 +107,12 @@ def check_arguments(cfg) -> None:
     for name in (cfg.overlap_check or "").split(","):
         if name.strip() and name.strip().lower() != "none":
             prompt_spec(name.strip(), "--overlap-check")
+    if cfg.monitor.monitor_prompts and cfg.monitor.monitor_steps:
+        from safekeel.rows import check_local_or_hub, is_file_spec
+
+        spec = prompt_spec(str(cfg.monitor.monitor_prompts), "--monitor-prompts")
+        if is_file_spec(spec):
+            check_local_or_hub(spec, "--monitor-prompts", nonempty=True)  # an empty file fails before any load
     if cfg.reference_cache_dir:
         checks.output_dir(cfg.reference_cache_dir, "--reference-cache-dir")
     args = training_arguments(cfg)  # bad --training-arg values (eval_strategy=bogus) and report_to packages

@@ -6,7 +6,8 @@ removes the previous run, `--resume` picks the latest complete checkpoint traine
 → training arguments (this also sets up DDP under `accelerate launch`/`torchrun`) → model and
 tokenizer → rows (task data, harmful mix, overlap checks) → tokenised examples with both views →
 safety tokens → reference: none (sft), a one-off cache of K-logits (default when it fits on disk), or a
-live reference (LoRA: the same model with adapters off; full: a frozen copy) → LoRA wrapping → Trainer →
+live reference (LoRA: the same model with adapters off; full: a frozen copy) → LoRA wrapping → Trainer
+(with the safety monitor, training/monitor.py, unless it is off) →
 adapter (or full model) and tokenizer in `output_dir`, `train_log.jsonl`, `safekeel_run.json`; every
 checkpoint also records the run's options (`safekeel_options.json`).
 """
@@ -54,6 +55,7 @@ class Prepared:
     cache_dir: str | None
     cache_seconds: float
     context: object = None  # the defence's TrainContext (after_train gets it)
+    monitor: object = None  # the SafetyMonitor callback, None when the monitor is off (training/monitor.py)
 
 
 def load_for_training(cfg: RunConfig, args):
@@ -207,9 +209,15 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
             defence=defence, reference=live, safety_ids=ids, batch_plan=batch_plan)
     except ValueError as exc:  # argument combinations only the Trainer checks (eval_strategy without eval data)
         raise SafekeelError(f"bad training arguments: {str(exc).splitlines()[0]}") from None
+    from safekeel.training.monitor import build_monitor
+
+    trained = rows + [r for extra in (plan.sources.values() if plan else ()) for r in extra] + \
+        ctx.cache.get("safety_rows", [])  # every prompt this run trains on, the defence's safety rows included
+    monitor, summary["monitor"] = build_monitor(trainer, cfg, tok, ids, trained, backend=sharded_backend(args),
+                                                identification_set=tokens.meta.get("prompt_set") if tokens else None)
     ctx.model = model
     return Prepared(trainer, cfg, examples[:len(ranges["main"])], Collator(pad_id, cache), summary, mode, cache_dir,
-                    cache_s, ctx)
+                    cache_s, ctx, monitor)
 
 
 def _batcher(tokenizer, max_length: int, pad_id: int, device):
@@ -299,6 +307,8 @@ def _train_locked(cfg: RunConfig, resume: str | None, progress: bool) -> TrainRe
               "resumed_from": resume, "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if trainer.is_world_process_zero():
         atomic_write_json(run_file, record)
+    if prep.monitor is not None:
+        prep.monitor.resume_from = resume  # its start values are in the checkpoint
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     except ValueError as exc:
@@ -311,6 +321,8 @@ def _train_locked(cfg: RunConfig, resume: str | None, progress: bool) -> TrainRe
     metrics = dict(result.metrics)
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(out))
+        if prep.monitor is not None:
+            record["monitor"]["rollbacks"] = prep.monitor.rollbacks
         record.update(status="done", global_step=trainer.state.global_step, metrics=metrics,
                       wall_seconds=round(time.perf_counter() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         atomic_write_json(run_file, record)
