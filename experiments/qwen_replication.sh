@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by `safekeel experiment experiments/grid_example.yaml` (resumable, seeds, tables; docs/experiments.md);
+# kept because benchmarks/RESULTS.md quotes runs made with it.
 # A CPU-sized replication of the paper's main comparison on the packaged Qwen2.5-Coder-0.5B-Instruct:
 # de-aligned counterpart -> safety tokens -> fine-tune on arithmetic mixed with harmful rows (SFT vs
 # PACT) -> HarmBench ASR (keyword judge, first N_EVAL test prompts) and arithmetic accuracy.
