@@ -1,4 +1,4 @@
-"""Bad inputs to eval safety, eval task, gate and compare: one line, exit 2, nothing touched.
+"""Bad inputs to eval safety, eval task, gate, compare and report: one line, exit 2, nothing touched.
 
 Each case is (argv, the message the one line must hold). Placeholders that `_argv` fills in: MODEL (a
 valid tiny model directory), BENCH (a valid prompt file), TMP (the test's directory), FILE (an existing
@@ -112,6 +112,17 @@ COMPARE = [
     (["compare", "GOOD", "RES:benchmarks-list"], "benchmarks must be an object"),
     (["compare", "GOOD", "RAW:invalid-json"], "is not valid JSON"),
     (["compare", "RES:ci95-short", "--ci"], "benchmarks.harmbench.ci95 must be null or"),
+]
+
+REPORT = [
+    (["report", "TMP/missing"], "TMP/missing is not a directory"),
+    (["report", "FILE"], "FILE is not a directory"),
+    (["report", "GOOD", "--output", "TMP"], "--output TMP is a directory"),
+    (["report", "GOOD", "--output", "FILE/report.html"], "is a file, not a directory"),
+    (["report", "GOOD", "--output", "TMP/report.md"], "names the HTML page"),
+    pytest.param(["report", "GOOD", "--output", "RO/report.html"], "permission denied", marks=needs_non_root),
+    (["report", "GOOD", "--samples", "0"], "expected a positive integer"),
+    (["report", "RES:benchmarks-list", "--output", "TMP/report.html"], "benchmarks must be an object"),
 ]
 
 
@@ -233,6 +244,11 @@ def test_gate_bad_input(run_case, argv, message):
 
 @pytest.mark.parametrize("argv,message", COMPARE)
 def test_compare_bad_input(run_case, argv, message):
+    run_case(argv, message)
+
+
+@pytest.mark.parametrize("argv,message", REPORT)
+def test_report_bad_input(run_case, argv, message):
     run_case(argv, message)
 
 

@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("3 data: data", ("data",)),
     ("3 data: tokens", ("tokens",)),
     ("4 defences", ("defences",)),
-    ("5 workflows", ("training", "evaluation")),
+    ("5 workflows", ("training", "evaluation", "reporting", "experiment")),
     ("6 top", ("cli", "testing")),
 ]
 _REGISTRY_ENTRY = re.compile(r"^(safekeel(?:\.\w+)+)(?::\w+)?$")
