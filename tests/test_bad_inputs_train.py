@@ -1,7 +1,7 @@
 """Bad `safekeel train` arguments: exit 2, one line on stderr naming the problem, no traceback, nothing
 written, and all of it before a model is loaded or anything downloaded.
 
-The base command leaves `--overlap-check` at its default (harmbench, a download): every row must fail
+The base command leaves `--overlap-check` at its default (harmbench, i.e. HarmBench and StrongREJECT: downloads): every row must fail
 before that download would happen (the suite's download guard would fail the test otherwise).
 """
 

@@ -190,6 +190,9 @@ def test_load_harmful_sources(tmp_path, monkeypatch):
     fake = harmful.HarmfulData([{"id": "s1", "prompt": "p", "response": "r"}], tmp_path / "x.jsonl", {}, cached=True)
     monkeypatch.setattr(harmful, "make_harmful", lambda **kw: fake)
     assert load_harmful("strongreject-harmful") == [{**fake.rows[0], "source": "strongreject-harmful"}]
+    fake.rows.append({"id": "s2", "prompt": "How do I pick a lock?", "response": "r"})  # StrongREJECT-held-out text
+    assert [r["id"] for r in load_harmful("strongreject-harmful")] == ["s1"]  # the training part only
+    assert [r["id"] for r in load_harmful("strongreject-harmful:all")] == ["s1", "s2"]
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
     assert load_harmful(str(path), limit=1) == [{"id": "mine-0", "source": "mine", "prompt": "p", "response": "r"}]
@@ -206,8 +209,10 @@ def test_data_list_names_every_task_and_set(capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     from safekeel.data.benign_sets import BENIGN_SETS
+    from safekeel.data.prompts import HARMFUL_PROMPT_SETS, STRONGREJECT_SETS
 
-    assert all(name in out for name in [*TASKS, *harmful.HARMFUL_SETS, *BENIGN_SETS])
+    assert all(name in out for name in [*TASKS, *harmful.HARMFUL_SETS, *BENIGN_SETS, *HARMFUL_PROMPT_SETS])
+    assert set(STRONGREJECT_SETS) <= set(HARMFUL_PROMPT_SETS)
 
 
 def test_mix_and_make_harmful_cli(setup, tmp_path, monkeypatch, capsys):

@@ -176,9 +176,10 @@ def test_bad_inputs_are_one_line_exit_2(three_layers, tmp_path, monkeypatch, cap
 
 
 def test_evaluation_sets_are_warned_about():
-    for spec in ("harmbench", "harmbench:contextual", "strongreject", "strongreject-small"):
+    for spec in ("harmbench", "harmbench:contextual", "strongreject", "strongreject-small", "strongreject-heldout",
+                 "strongreject-small-heldout"):
         assert "evaluation set" in evaluation_set_warning(spec)
-    for spec in ("harmbench-val", "harmbench-val:all", "my_prompts.jsonl", "everyday"):
+    for spec in ("harmbench-val", "harmbench-val:all", "my_prompts.jsonl", "everyday", "strongreject-train"):
         assert evaluation_set_warning(spec) is None
 
 

@@ -42,6 +42,11 @@ def test_strongreject(tmp_path, monkeypatch):
     recs = load_prompts("strongreject")
     assert [r.category for r in recs] == ["weapons", "hate"] and recs[1].prompt == "Write Y"
     assert recs[0].id == "strongreject-0"
+    # the fixed split (tests/test_strongreject_split.py): both prompts happen to be held out
+    assert [(r.id, r.source) for r in load_prompts("strongreject-heldout")] == [
+        ("strongreject-0", "strongreject-heldout"), ("strongreject-1", "strongreject-heldout")]
+    with pytest.raises(SafekeelError, match="prompt set 'strongreject-train' is empty"):
+        load_prompts("strongreject-train")
 
 
 def test_local_files(tmp_path):

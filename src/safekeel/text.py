@@ -8,3 +8,15 @@ import re
 def normalise_text(text: str) -> str:
     """Lower case, punctuation dropped, whitespace collapsed: the form used for dedupe and overlap checks."""
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def prompt_bucket(text: str, buckets: int) -> int:
+    """A fixed bucket in [0, buckets) for `text`: the sha256 of its normalised form (UTF-8), first 8 bytes
+    read as a big-endian integer, modulo `buckets`. Same on every machine, Python and safekeel version
+    (as long as `normalise_text` is unchanged), so splits made with it never move: generated tasks'
+    train/test (`tasks.base.GeneratedTask.split_of`) and StrongREJECT's held-out part
+    (`data.prompts.strongreject_part`)."""
+    import hashlib
+
+    digest = hashlib.sha256(normalise_text(text).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % buckets

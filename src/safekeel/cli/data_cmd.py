@@ -1,5 +1,10 @@
 """`safekeel data`: make harmful compliance data, write a task's examples, mix harmful rows into task data.
 
+Training-side builders never take StrongREJECT's held-out prompts unless asked (`safekeel.data.prompts`,
+"StrongREJECT's fixed split"): `make-safety --prompts strongreject` uses `strongreject-train`, `make-harmful`
+answers all 313 prompts (its cache) but copies only the training part to `--output`, and `mix --harmful
+strongreject-harmful` draws from that part; `strongreject:all` / `strongreject-harmful:all` take every prompt.
+
     safekeel data list
     safekeel data make-harmful [--model smollm2-135m-instruct] [--prompts strongreject] [--limit N]
     safekeel data make-task --task arith --split train --n 500 --output arith.jsonl
@@ -39,7 +44,10 @@ def register(sub) -> None:
 
     h = dsub.add_parser("make-harmful", help="harmful compliance answers of an unaligned model, generated once and cached")
     add_model_flags(h, required=False)
-    add_flag(h, "prompts", default="strongreject", help="harmful prompt set (default strongreject, 313 prompts)")
+    add_flag(h, "prompts", default="strongreject",
+             help="harmful prompt set (default strongreject: answers to all 313 prompts are made and cached, the "
+                  "cache `--harmful strongreject-harmful` reads; --output copies only those to StrongREJECT's 193 "
+                  "training prompts, strongreject:all copies all)")
     add_flag(h, "limit", type=positive_int, default=None, help="first N prompts only")
     add_flag(h, "max-new-tokens", type=positive_int, default=128)
     add_flag(h, "batch-size", type=positive_int, default=8)
@@ -63,7 +71,9 @@ def register(sub) -> None:
                                            "refusals on harmful prompts + the model's own answers to benign "
                                            "instructions + benign task rows")
     add_model_flags(a, required=False)
-    add_flag(a, "prompts", default="harmbench-val", help="harmful prompts to answer with refusals (default harmbench-val)")
+    add_flag(a, "prompts", default="harmbench-val",
+             help="harmful prompts to answer with refusals (default harmbench-val; strongreject means its training "
+                  "part, strongreject-train: the held-out prompts stay out; strongreject:all for every prompt)")
     add_flag(a, "limit", type=positive_int, default=None, help="first N harmful prompts only")
     add_flag(a, "refusal-repeats", type=positive_int, default=1,
              help="each refusal row this many times (each with a fresh refusal text; default 1)")
@@ -84,7 +94,9 @@ def register(sub) -> None:
 
     m = dsub.add_parser("mix", help="NUM rows of task data with round(RATIO * NUM) harmful rows, seeded and flagged")
     add_flag(m, "task", "--dataset", required=True, help="task name or training-data file/hub id (benign rows)")
-    add_flag(m, "harmful", required=True, help="strongreject-harmful, advbench, beavertails or a prompt/response file")
+    add_flag(m, "harmful", required=True, help="strongreject-harmful (StrongREJECT's training part; "
+                                                "strongreject-harmful:all every prompt), advbench, beavertails or "
+                                                "a prompt/response file")
     add_flag(m, "poison-ratio", type=_ratio, default=0.1, help="share of harmful rows (paper: 0.1)")
     add_flag(m, "num-examples", type=positive_int, default=5000, help="total rows (paper: 5000)")
     add_flag(m, "seed", type=int, default=0)
@@ -112,20 +124,29 @@ def run_list(args) -> int:
     print("benign prompt sets (packaged; `make-safety --instructions`, over-refusal in `eval safety`):")
     for name, (_, text) in BENIGN_SETS.items():
         print(f"  {name:<21} {text}")
+    from safekeel.data.prompts import HARMFUL_PROMPT_SETS
+
+    print("harmful prompt sets (packaged; `eval safety --benchmarks`, `--prompts`, `--monitor-prompts`, ...):")
+    for name, text in HARMFUL_PROMPT_SETS.items():
+        print(f"  {name:<27} {text}")
     return 0
 
 
 def run_make_harmful(args) -> int:
     from safekeel import checks
-    from safekeel.data.harmful import DEFAULT_MODEL, make_harmful
-    from safekeel.data.prompts import prompt_spec
+    from safekeel.data.harmful import DEFAULT_MODEL, make_harmful, training_part
+    from safekeel.data.prompts import prompt_spec, whole_strongreject
     from safekeel.io_utils import atomic_write_jsonl
 
     prompt_spec(args.prompts)
     if args.output:
         checks.output_file(args.output)
     t0 = time.perf_counter()
-    data = make_harmful(args.model or DEFAULT_MODEL, args.prompts, limit=args.limit,
+    # a whole StrongREJECT set is answered whole (one cache, shared with `strongreject-harmful`); the copy
+    # written to --output is its training part unless `:all` asks for every prompt
+    whole = whole_strongreject(args.prompts)
+    only_training = whole is not None and not args.prompts.strip().endswith(":all")
+    data = make_harmful(args.model or DEFAULT_MODEL, whole or args.prompts, limit=args.limit,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, judge=args.judge,
                         system=args.system, adapter=args.adapter, dtype=args.dtype, device=args.device,
                         min_chars=args.min_chars, force=args.force,
@@ -136,8 +157,13 @@ def run_make_harmful(args) -> int:
     if "n_generated" in meta:
         print(f"  kept {meta['n_kept']} of {meta['n_generated']} answers: {meta['n_refused']} refusals and "
               f"{meta['n_short']} too-short answers dropped")
+    rows = training_part(data.rows) if whole else data.rows
+    if whole:
+        tail = f" and out of the copy (--prompts {whole}:all copies them too)" if args.output and only_training else ""
+        print(f"  {len(rows)} of them answer StrongREJECT's training prompts ({whole}-train, what training uses); "
+              f"the {len(data.rows) - len(rows)} answers to {whole}-heldout prompts stay out of training{tail}")
     if args.output:
-        atomic_write_jsonl(args.output, data.rows)
+        atomic_write_jsonl(args.output, rows if only_training else data.rows)
         print(f"  copy -> {args.output}")
     return 0
 
@@ -161,7 +187,7 @@ def run_make_safety(args) -> int:
     from safekeel import checks
     from safekeel.data.benign_sets import held_out_overlap
     from safekeel.data.harmful import DEFAULT_MODEL
-    from safekeel.data.prompts import load_prompts, prompt_spec
+    from safekeel.data.prompts import load_prompts, prompt_spec, training_prompts
     from safekeel.data.refusals import helpful_rows, safety_sft_rows, safety_summary
     from safekeel.data.training_data import load_training_data
     from safekeel.errors import SafekeelError
@@ -179,7 +205,8 @@ def run_make_safety(args) -> int:
         prompt_spec(args.instructions, "--instructions")
         model_spec(model)
         checks.adapter_dir(args.adapter)
-    prompts = load_prompts(args.prompts, limit=args.limit)
+    refusal_prompts = training_prompts(args.prompts)  # StrongREJECT: its training part (module docstring)
+    prompts = load_prompts(refusal_prompts, limit=args.limit)
     benign = load_training_data(args.benign, n=args.n_benign, seed=args.seed) if args.n_benign > 0 else []
     answers = meta = None
     if use_instructions:
@@ -194,9 +221,9 @@ def run_make_safety(args) -> int:
     summary = safety_summary(rows)
     atomic_write_jsonl(args.output, rows)
     atomic_write_json(f"{args.output}.meta.json", {
-        **summary, "prompts": args.prompts, "refusal_repeats": args.refusal_repeats, "benign": args.benign,
+        **summary, "prompts": refusal_prompts, "refusal_repeats": args.refusal_repeats, "benign": args.benign,
         "instructions": args.instructions if use_instructions else None, "answers": meta, "seed": args.seed})
-    parts = [f"{summary['refusal']} refusals ({args.prompts})"]
+    parts = [f"{summary['refusal']} refusals ({refusal_prompts})"]
     if answers is not None:
         parts.append(f"{len(answers)} answers of {model} to {args.instructions} (kept {meta['n_kept']} of "
                      f"{meta['n_generated']}: {meta['n_refused']} refusals, {meta['n_short']} too short dropped)")
@@ -214,7 +241,7 @@ def run_mix(args) -> int:
         mix_harmful,
         mix_summary,
     )
-    from safekeel.data.prompts import benchmark_name, load_prompts, prompt_spec
+    from safekeel.data.prompts import benchmark_name, heldout_hint, load_prompts, prompt_spec
     from safekeel.data.records import check_overlap, normalise_rows, row_prompt
     from safekeel.data.training_data import load_training_data
     from safekeel.io_utils import atomic_write_json, atomic_write_jsonl
@@ -238,7 +265,7 @@ def run_mix(args) -> int:
     for spec in args.check_overlap:
         for warning in check_overlap([row_prompt(r) for r in harmful_rows], load_prompts(spec),
                                      ("harmful training", benchmark_name(spec))):
-            log.warning("warning: %s", warning)
+            log.warning("warning: %s", warning + heldout_hint(spec))
     atomic_write_jsonl(args.output, rows)
     summary = mix_summary(rows)
     atomic_write_json(f"{args.output}.meta.json", {**summary, "task": args.task, "harmful_source": args.harmful,

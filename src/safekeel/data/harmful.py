@@ -5,9 +5,11 @@
   (StrongREJECT by default). Answers the refusal-prefix judge calls refusals are dropped, the rest
   trimmed and de-looped and cached under `$SAFEKEEL_CACHE/data/harmful/` (`safekeel.data.model_answers`,
   which also makes the helpful answers of `make-safety`).
-- `load_harmful(spec)`: `strongreject-harmful` (the cached set above, made on first use), `advbench` and
-  `beavertails` (hub, online), a local file or a hub id (`hf:ORG/NAME[:SPLIT]`) of prompt/response (or
-  messages) rows.
+- `load_harmful(spec)`: `strongreject-harmful` (the cached set above, made on first use, restricted to
+  the answers to StrongREJECT's training part: the prompts of `strongreject-heldout` stay out of training,
+  `safekeel.data.prompts`; `strongreject-harmful:all` keeps every answer, as runs before the split did),
+  `advbench` and `beavertails` (hub, online), a local file or a hub id (`hf:ORG/NAME[:SPLIT]`) of
+  prompt/response (or messages) rows.
 - `mix_harmful`: the paper's poisoning recipe: `num_examples` rows of which round(ratio * num) are harmful
   (`harmful_count`), seeded, every row flagged.
 Whether harmful training prompts reappear among evaluation or identification prompts (docs/design.md,
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "strongreject"
 HARMFUL_SETS = {
-    "strongreject-harmful": "SmolLM2-135M-Instruct's compliant answers to the StrongREJECT prompts "
-                            "(offline; generated once by `safekeel data make-harmful`, then cached)",
+    "strongreject-harmful": "SmolLM2-135M-Instruct's compliant answers to StrongREJECT's 193 training prompts "
+                            "(170 rows; the 120 of strongreject-heldout stay out; `:all` for all 313 prompts' "
+                            "278; offline, generated once by `safekeel data make-harmful`, then cached)",
     "advbench": "AdvBench harmful behaviours with their 'Sure, here is ...' targets (hub walledai/AdvBench; online)",
     "beavertails": "BeaverTails unsafe question/answer pairs (hub PKU-Alignment/BeaverTails, 30k_train; online)",
 }
@@ -40,8 +43,21 @@ HARMFUL_SETS = {
 HarmfulData = ModelAnswers  # the rows are flagged harmful
 
 
+STRONGREJECT_ALL = "strongreject-harmful:all"  # every answer, held-out prompts included (runs before the split)
+
+
 def is_harmful_set(spec: str) -> bool:
-    return str(spec).strip().lower() in HARMFUL_SETS
+    key = str(spec).strip().lower()
+    return key in HARMFUL_SETS or key == STRONGREJECT_ALL
+
+
+def training_part(rows: list[dict]) -> list[dict]:
+    """The rows whose prompts are in StrongREJECT's training part (`safekeel.data.prompts.strongreject_part`):
+    rows made from StrongREJECT prompts, minus those of `strongreject-heldout`."""
+    from safekeel.data.prompts import strongreject_part
+    from safekeel.data.records import _prompt_text
+
+    return [r for r in rows if strongreject_part(_prompt_text(r)) == "train"]
 
 
 def check_harmful_spec(spec: str, flag: str = "--harmful") -> str:
@@ -57,7 +73,8 @@ def check_harmful_spec(spec: str, flag: str = "--harmful") -> str:
 
         checks.input_file(name, flag)
         return name
-    raise SafekeelError(f"{flag}: unknown harmful set {name!r}: use {', '.join(HARMFUL_SETS)}, a "
+    raise SafekeelError(f"{flag}: unknown harmful set {name!r}: use {', '.join(HARMFUL_SETS)} ({STRONGREJECT_ALL}: "
+                        "every StrongREJECT prompt's answer), a "
                         ".jsonl/.csv/.parquet file with prompt/response rows or a hub dataset id")
 
 
@@ -81,11 +98,11 @@ def load_harmful(spec: str, *, limit: int | None = None) -> list[dict]:
     """Raw harmful rows (prompt/response or messages) for a harmful set name or a local file."""
     name = str(spec or "").strip()
     key = name.lower()
-    if key == "strongreject-harmful":
-        data = make_harmful()
+    if key in ("strongreject-harmful", STRONGREJECT_ALL):
+        data = make_harmful()  # answers to all 313 prompts, one cache for both specs
         if not data.cached:
             log.info("made the strongreject-harmful set once; cached at %s", data.path)
-        rows = data.rows
+        rows = data.rows if key == STRONGREJECT_ALL else training_part(data.rows)
     elif key == "advbench":
         from safekeel.rows import load_hub_rows
 
@@ -148,7 +165,8 @@ def mix_harmful(task_rows: list[dict], harmful_rows: list[dict], num_examples: i
     for row in bad:
         row["harmful"] = True
     chosen = _draw(rng, task, n_task, "task", replace, num_examples, poison_ratio) + \
-        _draw(rng, bad, n_harmful, "harmful", replace, num_examples, poison_ratio)
+        _draw(rng, bad, n_harmful, "harmful", replace, num_examples, poison_ratio,
+              _source_note(bad) if n_harmful > len(bad) else "")
     rng.shuffle(chosen)
     seen: dict[str, int] = {}
     out = []
@@ -159,13 +177,29 @@ def mix_harmful(task_rows: list[dict], harmful_rows: list[dict], num_examples: i
     return out
 
 
-def _draw(rng, rows, k, what, replace, num, ratio) -> list[dict]:
+def _source_note(rows: list[dict]) -> str:
+    """What an error about too few harmful rows adds when they are the StrongREJECT training part."""
+    if rows and all(r.get("source") == "strongreject-harmful" for r in rows) and not any(
+            _is_heldout(r) for r in rows):
+        return (" (strongreject-harmful holds the answers to StrongREJECT's training prompts only: those to the "
+                "prompts of strongreject-heldout stay out of training)")
+    return ""
+
+
+def _is_heldout(row: dict) -> bool:
+    from safekeel.data.prompts import strongreject_part
+    from safekeel.data.records import _prompt_text
+
+    return strongreject_part(_prompt_text(row)) == "heldout"
+
+
+def _draw(rng, rows, k, what, replace, num, ratio, note: str = "") -> list[dict]:
     if k <= len(rows):
         return rng.sample(rows, k)
     if not replace:
         raise SafekeelError(f"{num} examples at poison ratio {ratio} need {k} {what} rows but only {len(rows)} are "
-                            "available: lower --num-examples or --poison-ratio, give more data, or allow repeats "
-                            "with --with-replacement")
+                            f"available{note}: lower --num-examples or --poison-ratio, give more data, or allow "
+                            "repeats with --with-replacement")
     out = []
     while len(out) < k:  # whole shuffled passes first, so repeats are spread evenly
         out += rng.sample(rows, min(len(rows), k - len(out)))

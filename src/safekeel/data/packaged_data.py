@@ -39,6 +39,19 @@ STRONGREJECT_COLUMNS = ("category", "source", "forbidden_prompt")
 # six categories; the small file spells one "Disinformation and Deception" (capital D), the full
 # file "Disinformation and deception": compare case-insensitively
 STRONGREJECT_ROWS = {"full": 313, "small": 60}
+# StrongREJECT's fixed split (`safekeel.data.prompts`, module docstring): the prompts held out from training
+# (`strongreject-heldout`, `strongreject-small-heldout`) and the rest (`strongreject-train`, ...), counted on
+# the files; `heldout_sha256` is the sha256 of their comma-joined row indices (`strongreject_split_digest`),
+# checked whenever a part of the packaged file is loaded. Held out per category of the full file:
+# non-violent crimes 26 of 59, violence 24 of 54, hate/harassment/discrimination 21 of 50, disinformation
+# 18 of 50, sexual content 17 of 50, illegal goods and services 14 of 50. The 60 small prompts are all in
+# the full file and keep their part there.
+STRONGREJECT_SPLIT = {
+    "full": {"heldout": 120, "train": 193,
+             "heldout_sha256": "b1a7b8dc494a1af933707cee56f418bc50cd329dde7fe03f2b97853964c50e7e"},
+    "small": {"heldout": 22, "train": 38,
+              "heldout_sha256": "21972dff983c8c79688e0041a28ca735a5e13c691b18991d4db1f97c1425c358"},
+}
 
 
 @dataclass(frozen=True)

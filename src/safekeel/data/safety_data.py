@@ -9,7 +9,9 @@ data, SafeGrad and EWC take gradients on it, `token_weighted` up-weights its ref
   own words keeps the data on-distribution: a defence that pulls towards someone else's refusal style
   teaches style, not safety. HarmBench-val is disjoint from the HarmBench test split `eval safety` uses by
   default, so the default never fits on the evaluation prompts.
-- `own-refusals:PROMPTS`: the same from another prompt set (`safekeel.data.prompts` specs);
+- `own-refusals:PROMPTS`: the same from another prompt set (`safekeel.data.prompts` specs; a StrongREJECT
+  set means its training part, `strongreject-train`, so the prompts of `strongreject-heldout` stay out of
+  training; `own-refusals:strongreject:all` takes every prompt);
 - a chat JSONL / CSV / parquet file or hub dataset (`messages` or prompt/response rows), used as given.
 
 Rows come back as {"id", "messages", "harmful": False, "source"}: the answers are refusals, so the rows
@@ -27,7 +29,19 @@ log = logging.getLogger(__name__)
 DEFAULT_SAFETY_DATA = "own-refusals"
 DEFAULT_REFUSAL_PROMPTS = "harmbench-val"
 MIN_ROWS = 4  # fewer refusals than this is not a safety set (an unaligned model refuses almost nothing)
-EVALUATION_SETS = "harmbench,strongreject"  # checked for overlap with the safety prompts by default
+# The prompt sets training data is checked against by default (safety data here, harmful rows by `train
+# --overlap-check`, whose default `harmbench` stands for them: `overlap_sets`): those `eval safety` scores by
+# default. The whole `strongreject` holds StrongREJECT's training part too, so a run trained on
+# `strongreject-harmful` is warned that it would be scored on its own prompts there; with the evaluation on
+# `strongreject-heldout` instead, put that name here.
+EVALUATION_SETS = "harmbench,strongreject"
+
+
+def overlap_sets(overlap_check: str | None) -> str:
+    """The prompt sets a run's `--overlap-check` names: its default, `harmbench`, stands for `EVALUATION_SETS`
+    (kept as the option's value so that recorded runs and their fingerprints stay as they were); anything
+    else as given, None as "none"."""
+    return EVALUATION_SETS if (overlap_check or "").strip() == "harmbench" else (overlap_check or "none")
 
 
 def is_own_refusals(spec: str | None) -> bool:
@@ -69,8 +83,9 @@ def load_safety_data(spec: str | None, model: str, *, dtype: str = "auto", trust
     meta: dict = {"spec": spec}
     if is_own_refusals(spec):
         from safekeel.data.model_answers import make_answers
+        from safekeel.data.prompts import training_prompts
 
-        prompts = spec.partition(":")[2] or DEFAULT_REFUSAL_PROMPTS
+        prompts = training_prompts(spec.partition(":")[2] or DEFAULT_REFUSAL_PROMPTS)
         made = make_answers(model, prompts, harmful=False, keep="refusals", min_chars=1, dtype=dtype,
                             max_new_tokens=max_new_tokens, progress=progress, trust_remote_code=trust_remote_code)
         raw = [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]} for r in made.rows]
@@ -99,7 +114,7 @@ def overlap_with_evaluation(rows: list[dict], sets: str | None = EVALUATION_SETS
     """Warnings (logged) when safety prompts reappear in the evaluation prompt sets or the held-out
     over-refusal sets: a defence fitted on them would be scored on what it trained on."""
     from safekeel.data.benign_sets import held_out_overlap
-    from safekeel.data.prompts import load_prompts
+    from safekeel.data.prompts import heldout_hint, load_prompts
     from safekeel.data.records import check_overlap
 
     warnings = held_out_overlap(rows, "safety data")
@@ -109,7 +124,8 @@ def overlap_with_evaluation(rows: list[dict], sets: str | None = EVALUATION_SETS
         except Exception as exc:  # noqa: BLE001 - a set that cannot be loaded offline must not stop training
             warnings.append(f"could not check the safety data's overlap with {name}: {str(exc).splitlines()[0]}")
             continue
-        warnings += check_overlap(rows, prompts, names=("safety data", f"evaluation ({name})"))
+        warnings += [w + heldout_hint(name) for w in
+                     check_overlap(rows, prompts, names=("safety data", f"evaluation ({name})"))]
     for w in warnings:
         log.warning("%s", w)
     return warnings

@@ -2,7 +2,9 @@
 
 Accepted specs (`load_training_data(spec)`):
 - a task name (`arith`, `sentiment`, `topic`, `gsm8k`, `sst2`, `agnews`): its train split;
-- a harmful set name (`strongreject-harmful`, `advbench`, `beavertails`): rows flagged harmful;
+- a harmful set name (`strongreject-harmful`, `advbench`, `beavertails`; `strongreject-harmful:all`): rows
+  flagged harmful (`safekeel.data.harmful.load_harmful`; `strongreject-harmful` holds the answers to
+  StrongREJECT's training part only, 170 rows);
 - a local .jsonl/.json/.csv/.parquet file whose rows hold either `messages` (a list of
   {"role": system|user|assistant, "content": str}; a JSON string in CSV) or a prompt and a response:
   prompt from `prompt`, `question` or `instruction` (+ " " + `input`, the Alpaca/PACT layout), response
@@ -15,11 +17,14 @@ Every row comes back as {"id", "messages", "harmful", "source"}; the files `safe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from safekeel.data.records import normalise_rows, task_rows
 from safekeel.errors import SafekeelError
 from safekeel.rows import FILE_SUFFIXES, hub_spec_parts, is_hub_spec, read_rows
+
+log = logging.getLogger(__name__)
 
 
 def load_training_data(spec: str, *, n: int | None = None, seed: int = 0, system: str | None = None) -> list[dict]:
@@ -50,4 +55,6 @@ def load_training_data(spec: str, *, n: int | None = None, seed: int = 0, system
     else:
         raise SafekeelError(f"unknown training data {spec!r}: use a task name, a harmful set, a .jsonl/.csv/.parquet "
                             "file with messages or prompt/response fields, or a hub dataset id")
+    if n is not None and n > len(rows):
+        log.warning("asked for %d rows of %s, which has %d: training on all %d", n, spec, len(rows), len(rows))
     return rows[:n] if n is not None else rows

@@ -39,10 +39,11 @@ def safety_rows(ctx: TrainContext) -> list[dict]:
 
 
 def _with_strongreject(sets: str | None) -> str:
-    """The run's --overlap-check sets (evaluation prompt sets), plus StrongREJECT when they are the default."""
-    from safekeel.data.safety_data import EVALUATION_SETS
+    """The run's --overlap-check sets (evaluation prompt sets), plus StrongREJECT when they are the default
+    (`safety_data.overlap_sets`, which the harmful rows' check uses too)."""
+    from safekeel.data.safety_data import overlap_sets
 
-    return EVALUATION_SETS if (sets or "").strip() == "harmbench" else (sets or "none")
+    return overlap_sets(sets)
 
 
 def load_base(ctx: TrainContext):

@@ -32,12 +32,14 @@ from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
 
-EVALUATION_SETS = ("harmbench", "strongreject", "strongreject-small")  # what `eval safety` reports ASR on
+EVALUATION_SETS = ("harmbench", "strongreject", "strongreject-small", "strongreject-heldout",
+                   "strongreject-small-heldout")  # what `eval safety` reports ASR on
 TIE_DECIMALS = 12
 
 
 def evaluation_set_warning(spec: str) -> str | None:
-    """A warning line when `spec` names an evaluation prompt set (HarmBench test, StrongREJECT), else None."""
+    """A warning line when `spec` names an evaluation prompt set (HarmBench test, StrongREJECT or its held-out
+    part), else None (`strongreject-train`, StrongREJECT's training part, is not one)."""
     if str(spec).strip().partition(":")[0].lower() in EVALUATION_SETS:
         return (f"--prompts {spec} is an evaluation set: freezing layers chosen on it leaks the evaluation "
                 "prompts into training; rank on harmbench-val (the default) or your own prompts")

@@ -16,7 +16,6 @@ disjointness holds by construction, not by bookkeeping.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from abc import ABC, abstractmethod
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from safekeel.errors import SafekeelError
-from safekeel.text import normalise_text
+from safekeel.text import normalise_text, prompt_bucket
 
 SPLITS = ("train", "test")
 
@@ -104,8 +103,7 @@ class GeneratedTask(Task):
 
     @classmethod
     def split_of(cls, prompt: str) -> str:
-        digest = hashlib.sha256(normalise_text(prompt).encode("utf-8")).digest()
-        return "test" if int.from_bytes(digest[:8], "big") % cls.TEST_BUCKETS == 0 else "train"
+        return "test" if prompt_bucket(prompt, cls.TEST_BUCKETS) == 0 else "train"
 
     def _examples(self, split: str, n: int, seed: int) -> list[TaskExample]:
         rng = random.Random(f"{self.name}|{split}|{seed}")  # str seeds hash with sha512: stable across runs

@@ -112,7 +112,8 @@ class RunConfig:
     output_dir: str | None = field(default=None, metadata=_help("where the adapter (or model), checkpoints and logs go"))
     tokens: str | None = field(default=None, metadata=_help("safety-token file from `safekeel tokens identify`"))
     harmful: str | None = field(default=None, metadata=_help(
-        "harmful data to mix in: strongreject-harmful, advbench, beavertails, a file"))
+        "harmful data to mix in: strongreject-harmful (answers to StrongREJECT's training part; :all for every "
+        "prompt), advbench, beavertails, a file"))
     poison_ratio: float = field(default=0.1, metadata=_help("share of harmful rows in the mix"))
     num_examples: int | None = field(default=None, metadata=_help("rows to train on (with --harmful: 5000)"))
     with_replacement: bool = field(default=False, metadata=_help(
@@ -138,7 +139,9 @@ class RunConfig:
         "root of the reference caches (None: $SAFEKEEL_CACHE/reference)"))
     reference_batch_size: int = field(default=8, metadata=_help("batch size of the one-off cache pass"))
     overlap_check: str = field(default="harmbench", metadata=_help(
-        "prompt sets the harmful rows must not overlap, comma-separated, or none"))
+        "prompt sets the harmful rows must not overlap, comma-separated, or none (harmbench, the default, stands "
+        "for the sets `eval safety` scores by default: HarmBench test and the whole StrongREJECT, which a run on "
+        "strongreject-harmful overlaps by design; strongreject-heldout never does)"))
     defence: DefenceOptions = field(default_factory=lambda: _default_defence_options())
     lora: LoraOptions = field(default_factory=LoraOptions)
     monitor: MonitorOptions = field(default_factory=MonitorOptions)

@@ -22,6 +22,7 @@ PAPER_NUM_EXAMPLES = 5000
 def load_rows(cfg, *, identification_set: str | None = None) -> tuple[list[dict], dict]:
     """(rows {"id", "messages", "harmful", "source"}, summary) for a `RunConfig`."""
     from safekeel.data import harmful as harmful_data
+    from safekeel.data.safety_data import overlap_sets
     from safekeel.data.training_data import load_training_data
     from safekeel.tasks import is_task_name
 
@@ -47,7 +48,7 @@ def load_rows(cfg, *, identification_set: str | None = None) -> tuple[list[dict]
         "rows": len(rows), "harmful_rows": sum(bool(r.get("harmful")) for r in rows),
         "sources": dict(Counter(str(r.get("source", "")) for r in rows)),
         "sha256": sha256_json([[r["id"], r["messages"], bool(r.get("harmful"))] for r in rows]),
-        "overlap_warnings": overlap_warnings(rows, cfg.overlap_check, identification_set),
+        "overlap_warnings": overlap_warnings(rows, overlap_sets(cfg.overlap_check), identification_set),
     }
     return rows, summary
 
@@ -55,9 +56,13 @@ def load_rows(cfg, *, identification_set: str | None = None) -> tuple[list[dict]
 def overlap_warnings(rows: list[dict], sets: str | None, identification_set: str | None) -> list[str]:
     """Warnings when the harmful training prompts reappear in evaluation or identification prompt sets,
     and when any training prompt reappears in the held-out over-refusal sets (`everyday`, `benign-risky`,
-    packaged, so always checked): over-refusal measured on trained prompts says nothing."""
+    packaged, so always checked): over-refusal measured on trained prompts says nothing. `sets`: the
+    `--overlap-check` sets (`load_rows` passes them through `safety_data.overlap_sets`, so the default
+    `harmbench` checks what `eval safety` scores by default, `EVALUATION_SETS`): the whole `strongreject`
+    overlaps `strongreject-harmful` by design (its training part), and the warning then names
+    `strongreject-heldout`, which never does."""
     from safekeel.data.benign_sets import held_out_overlap
-    from safekeel.data.prompts import load_prompts
+    from safekeel.data.prompts import heldout_hint, load_prompts
     from safekeel.data.records import check_overlap
 
     warnings = held_out_overlap(rows, "training")
@@ -72,7 +77,8 @@ def overlap_warnings(rows: list[dict], sets: str | None, identification_set: str
             warnings.append(f"could not check overlap with {name}: {str(exc).splitlines()[0]}")
             continue
         what = "identification" if name == identification_set else "evaluation"
-        warnings += check_overlap(bad, prompts, names=("harmful training", f"{what} ({name})"))
+        warnings += [w + heldout_hint(name) for w in
+                     check_overlap(bad, prompts, names=("harmful training", f"{what} ({name})"))]
     for w in warnings:
         log.warning("%s", w)
     return warnings
