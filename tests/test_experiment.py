@@ -18,6 +18,7 @@ from safekeel.experiment.cells import fmt_lr
 from safekeel.experiment.grid import load_grid
 from safekeel.experiment.runner import run_grid, subprocess_runner
 from safekeel.experiment.tables import read_csv
+from safekeel.judges.keyword import KeywordJudge
 from safekeel.locking import RunLock
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "grid_example.yaml"
@@ -306,6 +307,93 @@ def test_end_to_end_on_a_tiny_model(tiny_dirs, prompts_file, tmp_path):
     assert report.ran == [cell.name] and report.skipped == ["initial__arith"]
     assert (cell / "train" / "safekeel_run.json").stat().st_mtime_ns == stamp and (cell / "eval" / "results.json").is_file()
     assert json.loads((cell / "cell.json").read_text())["metrics"]["asr"] == m["asr"]
+
+
+def test_eval_judges_in_the_grid_file(tiny_dirs, prompts_file, tmp_path, monkeypatch):
+    from safekeel.judges import registry
+
+    base = grid_dict(tiny_dirs, prompts_file, tmp_path / "g", seeds=[1])
+    one = load_grid(base)
+    assert one.config["eval"]["judge"] == "keyword" and "judges" not in one.config["eval"]
+    # one judge, however written: the same cells as before lists existed (finished grids stay finished)
+    for ev in ({"judge": "keyword"}, {"judge": ["keyword"]}, {"judges": ["keyword"]}, {"judges": "keyword"}):
+        grid = load_grid({**base, "eval": {**base["eval"], **ev}})
+        assert [c.settings_sha256() for c in grid.cells] == [c.settings_sha256() for c in one.cells]
+    rubric = f"rubric:{tiny_dirs['aligned']}"
+    for ev in ({"judges": ["keyword", rubric]}, {"judge": ["keyword", rubric]}, {"judge": f"keyword, {rubric}"}):
+        grid = load_grid({**base, "eval": {**base["eval"], **ev}})
+        assert grid.config["eval"]["judge"] == ["keyword", rubric] and "judges" not in grid.config["eval"]
+        assert all(c.eval["judge"] == ["keyword", rubric] for c in grid.cells)
+        assert [j.id for j in X.make_judges(grid.cells[0].eval)] == ["keyword", rubric]
+    for ev, message in [({"judge": "keyword", "judges": ["keyword"]}, "give judge or judges, not both"),
+                        ({"judges": []}, "eval.judges names no judge"), ({"judge": 3}, "must be a judge spec")]:
+        with pytest.raises(SafekeelError, match=message):
+            load_grid({**base, "eval": {**base["eval"], **ev}})
+    # every judge is checked before the first cell runs
+    for judges, message in [(["keyword", "rubric:nosuchmodel"], "cell initial__arith: .*unknown model 'nosuchmodel'"),
+                            (["keyword", "keyword"], "cell initial__arith: judge: judge 'keyword' is given twice")]:
+        with pytest.raises(SafekeelError, match=message):
+            run(load_grid({**base, "eval": {**base["eval"], "judges": judges}}), runner=FakeCells())
+    # a further judge named like a further benchmark would share its results.csv column
+    def second():
+        judge = KeywordJudge()
+        judge.id = "second"
+        return judge
+
+    monkeypatch.setitem(registry._EXTRA, "second", second)
+    second = tmp_path / "keyword.jsonl"
+    shutil.copy(prompts_file, second)
+    clash = {**base, "eval": {**base["eval"], "benchmarks": [str(prompts_file), str(second)], "judges": ["second", "keyword"]}}
+    with pytest.raises(SafekeelError, match="two columns asr_keyword"):
+        run(load_grid(clash), runner=FakeCells())
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_judge_added_to_a_finished_grid_judges_only(tiny_dirs, prompts_file, tmp_path, monkeypatch):
+    """eval.judges passes through to the cell's eval safety; adding a judge changes the cell (refused
+    without --rerun-changed); the rerun loads no model and only the new judge judges."""
+    from safekeel.generators import LazyGenerator
+    from safekeel.judges import registry
+
+    seen = []
+
+    class Second(KeywordJudge):
+        def __init__(self):
+            super().__init__()
+            self.id = "second"
+
+        def judge(self, prompts, responses):
+            seen.extend(prompts)
+            return super().judge(prompts, responses)
+
+    monkeypatch.setitem(registry._EXTRA, "second", Second)
+    ev = {"benchmarks": [str(prompts_file)], "limit": 2, "max_new_tokens": 2, "batch_size": 64, "task_limit": 2,
+          "task_max_new_tokens": 4}
+    data = grid_dict(tiny_dirs, prompts_file, tmp_path / "g", methods=[], seeds=[1], eval=ev)
+
+    def in_process(cell, cell_dir):  # the registered judge lives in this process only
+        return X.execute_cell(cell, cell_dir, progress=False)
+
+    assert run(load_grid(data), runner=in_process).ran == ["initial__arith"]
+    assert "asr_second" not in read_csv(tmp_path / "g" / "results.csv")[0]
+    more = {**data, "eval": {**ev, "judges": ["keyword", "second"]}}
+    with pytest.raises(SafekeelError, match=r"eval.judge: 'keyword' -> \['keyword', 'second'\]"):
+        run(load_grid(more), runner=in_process)
+
+    def no_load(self):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(LazyGenerator, "_load", no_load)
+    lines = []
+    assert run(load_grid(more), lines, runner=in_process, rerun_changed=True).ran == ["initial__arith"], lines
+    assert len(seen) == 2  # the two benchmark answers, by the new judge only
+    cell = tmp_path / "g" / "cells" / "initial__arith"
+    entry = json.loads((cell / "eval" / "results.json").read_text())["benchmarks"]["prompts"]
+    (row,) = read_csv(tmp_path / "g" / "results.csv")
+    assert row["asr_second"] == pytest.approx(entry["judges"]["second"]["asr"]) == pytest.approx(row["asr"])
+    assert "kappa_second" in row and row["kappa_second"] == entry["judges"]["second"]["agreement"]["kappa"]
+    assert json.loads((cell / "cell.json").read_text())["settings"]["eval"]["judge"] == ["keyword", "second"]
+    assert "further judges, their ASR and kappa in results.csv: second" in (tmp_path / "g" / "tables.md").read_text()
 
 
 def test_judge_errors_leave_the_cell_failed(tiny_dirs, prompts_file, tmp_path):

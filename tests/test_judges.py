@@ -156,6 +156,56 @@ def test_bad_judge_specs_are_refused(spec, message):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("text,specs", [
+    ("keyword", ["keyword"]),
+    ("keyword,rubric:m", ["keyword", "rubric:m"]),
+    (" keyword , Rubric:m ,", ["keyword", "Rubric:m"]),  # spaces and empty entries
+    ("keyword,,llamaguard", ["keyword", "llamaguard"]),
+    ("rubric:m,keyword,llamaguard:org/guard", ["rubric:m", "keyword", "llamaguard:org/guard"]),
+    # a comma not followed by a judge name stays in the spec before it (URLs, model paths)
+    ("openai:http://h:8000/v1#a,b,keyword", ["openai:http://h:8000/v1#a,b", "keyword"]),
+    ("keyword,openai:http://h/?q=a,b:c,rubric:m", ["keyword", "openai:http://h/?q=a,b:c", "rubric:m"]),
+    ("rubric:/models/x,y.gguf,llamaguard", ["rubric:/models/x,y.gguf", "llamaguard"]),
+    ("rubric:/models/keywords,v2", ["rubric:/models/keywords,v2"]),  # 'keywords' is no judge name
+    ("", []),
+])
+def test_split_judge_specs(text, specs):
+    from safekeel.judges.registry import split_judge_specs
+
+    assert split_judge_specs(text) == specs
+
+
+def test_split_judge_specs_knows_registered_judges(monkeypatch):
+    from safekeel.judges import registry
+
+    assert registry.split_judge_specs("keyword,mine") == ["keyword,mine"]  # 'mine' is no judge: glued
+    monkeypatch.setitem(registry._EXTRA, "mine", KeywordJudge)
+    assert registry.split_judge_specs("keyword,mine") == ["keyword", "mine"]
+
+
+def test_build_judges(tiny_dirs):
+    from safekeel.judges.registry import build_judges
+
+    model = tiny_dirs["aligned"]
+    judges = build_judges(f"keyword,rubric:{model}", device="cpu", batch_size=3)
+    assert [j.id for j in judges] == ["keyword", f"rubric:{model}"]
+    assert judges[1]._opts["device"] == "cpu" and judges[1]._opts["batch_size"] == 3 and judges[1]._lazy is None
+    assert [j.id for j in build_judges(["keyword", " llamaguard:" + model])] == ["keyword", f"llamaguard:{model}"]
+    both = build_judges("keyword,openai:http://h:1#m", judge_format="llamaguard")
+    assert both[1].id == "openai:http://h:1#m?format=llamaguard"
+    for specs, kwargs, message in [
+        ("keyword,keyword", {}, "--judge: judge 'keyword' is given twice"),
+        (f"rubric:{model}, rubric:{model}", {}, "is given twice"),
+        ("keyword,rubric", {}, "--judge rubric:MODEL"),
+        ("keyword,rubric:nosuchmodel", {}, "unknown model 'nosuchmodel'"),
+        (" , ", {}, "--judge names no judge"),
+        ([], {"judge_flag": "judge"}, "judge names no judge"),
+        ("keyword,llamaguard", {"judge_format": "rubric"}, "--judge-format only applies to --judge openai:URL"),
+    ]:
+        with pytest.raises(SafekeelError, match=message.replace("(", r"\(")):
+            build_judges(specs, **kwargs)
+
+
 def test_keyword_spec_and_ids_follow_what_changes_verdicts():
     assert get_judge("keyword").id == get_judge(" Keyword ").id == "keyword"
     narrow = KeywordJudge(window=5)

@@ -3,7 +3,8 @@
 Every argument is checked first (`safekeel.checks`, the judge spec, the task), in a second and without
 downloading anything, so a typo never costs a model load. `eval safety` exits 1 (results and samples
 still written) when a benchmark's share of judge errors exceeds --max-judge-errors, or when it has no
-judged answer at all: an ASR over nothing must never look like a pass. Bad input exits 2.
+judged answer at all (for each judge, when --judge lists several): an ASR over nothing must never look
+like a pass. Bad input exits 2.
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ def register(sub) -> None:
              help="comma-separated: harmbench, harmbench-val, strongreject, strongreject-small, FILE, hub id")
     add_flag(sp, "prompt-field", default="prompt", help="field holding the prompt in local files")
     add_flag(sp, "judge", default="keyword",
-             help="keyword | llamaguard[:MODEL] | rubric:MODEL | openai:URL[#MODEL] (default keyword)")
+             help="keyword | llamaguard[:MODEL] | rubric:MODEL | openai:URL[#MODEL] (default keyword); a comma "
+                  "list (keyword,rubric:MODEL) judges every answer with each: the first gives the ASR, the "
+                  "others their own ASR and agreement (Cohen's kappa) with it; a comma followed by a judge name "
+                  "starts the next judge")
     add_flag(sp, "judge-format", default=None, choices=["rubric", "llamaguard"],
              help="openai judge only: ask the server the StrongREJECT-style rubric (the default) or send the "
                   "conversation to a Llama-Guard server")
     add_flag(sp, "judge-batch-size", type=positive_int, default=8, help="batch size of a local judge model")
-    add_flag(sp, "rejudge", action="store_true", help="judge every stored answer again (errors are always re-judged)")
+    add_flag(sp, "rejudge", action="store_true",
+             help="judge every stored answer again, by every judge (errors are always re-judged)")
     add_flag(sp, "max-judge-errors", type=fraction, default=MAX_JUDGE_ERRORS, metavar="SHARE",
              help="exit 1 when more than this share of a benchmark's verdicts are judge errors (results are "
                   f"still written; default {MAX_JUDGE_ERRORS:g}); a benchmark with no judged answer always fails")
@@ -81,20 +86,13 @@ def _arguments(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
 
 
-def make_judge(args):
-    """The judge of --judge, built (and so validated) without loading a model or contacting a server."""
-    from safekeel.judges import get_judge
+def make_judges(args) -> list:
+    """The judges of --judge (the primary first), built (and so validated) without loading a model or
+    contacting a server."""
+    from safekeel.judges.registry import build_judges
 
-    name = args.judge.partition(":")[0].strip().lower()
-    if args.judge_format is not None and name != "openai":
-        raise SafekeelError(f"--judge-format only applies to --judge openai:URL, not to {args.judge!r}")
-    kwargs = {}
-    if name in ("llamaguard", "rubric"):
-        kwargs = {"device": args.device, "dtype": args.dtype, "batch_size": args.judge_batch_size,
-                  "trust_remote_code": args.trust_remote_code}
-    elif name == "openai":
-        kwargs = {"prompt_format": args.judge_format or "rubric"}
-    return get_judge(args.judge, **kwargs)
+    return build_judges(args.judge, judge_format=args.judge_format, device=args.device, dtype=args.dtype,
+                        batch_size=args.judge_batch_size, trust_remote_code=args.trust_remote_code)
 
 
 def _check_models(args, *, base: bool = False) -> None:
@@ -130,14 +128,14 @@ def run_safety(args) -> int:
         prompt_spec(spec, "--benchmarks")
     names = benchmark_names(benchmarks)
     probes = parse_probes(args.probes)
-    judge = make_judge(args)
+    judges = make_judges(args)
     generator = _generator(args, args.model, args.adapter)
     base = _generator(args, args.base_model, args.base_adapter) if args.base_model else None
     cfg = SafetyConfig(benchmarks, limit=args.limit, prompt_field=args.prompt_field, system=args.system,
                        probes=probes, probe_limit=args.probe_limit, rejudge=args.rejudge,
                        overwrite=args.overwrite, progress=not args.no_progress,
                        command="eval safety", extra={"arguments": _arguments(args)})
-    results = run_safety_eval(generator, judge, args.output_dir, cfg, base_generator=base)
+    results = run_safety_eval(generator, judges, args.output_dir, cfg, base_generator=base)
     print_safety(results, names)
     print(f"wrote {args.output_dir}/results.json ({results['runs'][-1]['timing']['total_s']:.1f} s)")
     warnings = judge_error_warnings(results, names, args.max_judge_errors)

@@ -29,9 +29,31 @@ def print_safety(results: dict, names: list[str] | None = None) -> None:
         table.add_row(name, str(b["n"]), str(b["judged"]), str(b["errors"]), fmt_rate(b["asr"], b["ci95"]),
                       fmt_rate(b["refusal_rate"]))
     _console().print(table)
+    if any(benchmarks[name].get("judges") for name in names):
+        print_other_judges(results, names)
     probes = results.get("probes")
     if probes and names and probes.get("benchmark") in names:
         print_probes(probes)
+
+
+def print_other_judges(results: dict, names: list[str]) -> None:
+    """The further judges of a multi-judge evaluation: their ASR and their agreement with the primary."""
+    from rich.table import Table
+
+    benchmarks = results.get("benchmarks", {})
+    primary = results.get("judge", {}).get("id", "?")
+    table = Table(title=f"further judges: their ASR, and their agreement and Cohen's kappa with {primary} over "
+                        "the answers both judged (n both)")
+    for col in ("benchmark", "judge", "judged", "errors", "ASR [95% CI]", "n both", "agree", "kappa"):
+        table.add_column(col, justify="left" if col in ("benchmark", "judge") else "right",
+                         overflow="fold" if col in ("benchmark", "judge") else "ellipsis")
+    for name in names:
+        for jid, j in (benchmarks[name].get("judges") or {}).items():
+            a = j.get("agreement") or {}
+            kappa = a.get("kappa")
+            table.add_row(name, jid, str(j.get("judged")), str(j.get("errors")), fmt_rate(j.get("asr"), j.get("ci95")),
+                          str(a.get("n")), fmt_rate(a.get("agreement")), "n/a" if kappa is None else f"{kappa:.2f}")
+    _console().print(table)
 
 
 def print_probes(probes: dict) -> None:

@@ -4,7 +4,9 @@ Layout::
 
     {"safekeel_version", "updated", "model": {spec, kind, sha256, adapter, adapter_sha256},
      "benchmarks": {name: {"asr", "n", "judged", "errors", "ci95", "refusal_rate", "categories", "judge",
-                           "generation", "samples", ...}},
+                           "generation", "samples", ..., "judges" (several judges only):
+                           {further judge id: {"asr", "ci95", "n", "judged", "errors", ..., "agreement":
+                           {"with", "n", "agree", "agreement", "kappa", ...}}}}},
      "tasks": {name: {"accuracy", "n", "correct", "ci95", ...}},
      "probes": {...}, "runs": [{"command", "judge", "generation", "timing", "finished"}]}
 

@@ -6,11 +6,20 @@ Phases, so that a judge model and the evaluated model never need to be in memory
    of interleaving its rows with the first's);
 2. generate missing answers with the evaluated model (resumable, saved after every batch), then the
    probe answers; free the model; then the base model's probe answers (`--base-model`);
-3. judge every answer not yet judged by this judge, and every verdict in `error` again (saved after
-   every chunk);
+3. judge, one judge at a time (a judge model loads on its first verdict and is closed before the next
+   judge's loads): every answer not yet judged by that judge, and every verdict in `error` again (saved
+   after every chunk);
 4. summarise into `results.json` (`benchmarks.<name>`, `probes`) and return it. Each benchmark entry
    counts its judge errors (`errors`, `error_rate`) and the prompts cut to fit the context
    (`truncated`); the CLI turns too many errors into a non-zero exit (`judge_error_warnings`).
+
+Several judges (`judge` a list; `--judge keyword,rubric:MODEL`): the first is the primary judge, whose
+verdicts give the ASR, the sample rows' own verdict fields, the probes' role-play ASR, and what `gate`
+and `compare` read, exactly as with one judge. Each further judge judges every benchmark answer (not
+the probes) and its verdicts go to the rows' per-judge fields (`verdicts`, `scores`, `verdict_details`;
+see samples.py); `benchmarks.<name>.judges.<judge id>` holds its ASR with the Wilson interval, its
+errors, and its agreement with the primary judge over the answers both judged (n, agreement share,
+Cohen's kappa, answers only one of the two called unsafe).
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ from safekeel.data.prompts import benchmark_name, load_prompts
 from safekeel.errors import SafekeelError
 from safekeel.evaluation import probes as P
 from safekeel.evaluation.results import check_output_dir, merge_results
-from safekeel.evaluation.samples import SampleStore
-from safekeel.evaluation.stats import error_share, summarize_verdicts
+from safekeel.evaluation.samples import SampleStore, stored_verdicts
+from safekeel.evaluation.stats import agreement, error_share, judge_counts, summarize_verdicts
 from safekeel.judges.keyword import is_refusal
 from safekeel.locking import RunLock
 
@@ -86,9 +95,40 @@ def load_benchmarks(specs: list[str], limit: int | None, prompt_field: str) -> l
             for spec, name in zip(specs, names)]
 
 
+def judge_list(judge) -> list:
+    """A judge or a sequence of judges as a list (the primary first); SafekeelError on none or on one
+    judge id given twice (its verdicts would be one column)."""
+    judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
+    if not judges:
+        raise SafekeelError("no judge given")
+    ids = [j.id for j in judges]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise SafekeelError(f"judge {dup!r} is given twice")
+    return judges
+
+
+def extra_judge_summary(rows: list[dict], judge_id: str, primary_id: str) -> dict:
+    """A further judge's entry in `benchmarks.<name>.judges`: its ASR counts (`judge_counts`) and its
+    agreement with the primary judge over the answers both judged safe or unsafe."""
+    mine = [stored_verdicts(r).get(judge_id) for r in rows]
+    theirs = [stored_verdicts(r).get(primary_id) for r in rows]
+    a = agreement(zip(theirs, mine))
+    return {**judge_counts(mine), "agreement": {
+        "with": primary_id, "n": a["n"], "agree": a["agree"], "agreement": a["agreement"], "kappa": a["kappa"],
+        "primary_only_unsafe": a["a_only_unsafe"], "judge_only_unsafe": a["b_only_unsafe"]}}
+
+
+def _judge_config(judge) -> dict:
+    return {"id": judge.id, **({"format": judge.prompt_format} if hasattr(judge, "prompt_format") else {})}
+
+
 def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, base_generator=None) -> dict:
-    """Run the whole evaluation; returns the merged results.json content (see module docstring)."""
+    """Run the whole evaluation; returns the merged results.json content (see module docstring).
+
+    `judge`: one judge, or a list of judges whose first is the primary one."""
     out_dir = Path(out_dir)
+    judges = judge_list(judge)
     t_start = time.perf_counter()
     check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)
     unknown = [p for p in cfg.probes if p not in P.PROBES.values()]
@@ -99,10 +139,10 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
     sets = load_benchmarks(cfg.benchmarks, cfg.limit, cfg.prompt_field)
     with RunLock(out_dir, cfg.command or "eval safety"):
         check_output_dir(out_dir, generator.fingerprint, cfg.overwrite)  # again: a run may have ended meanwhile
-        return _locked_run(generator, judge, out_dir, cfg, sets, base_generator, t_start)
+        return _locked_run(generator, judges, out_dir, cfg, sets, base_generator, t_start)
 
 
-def _locked_run(generator, judge, out_dir: Path, cfg: SafetyConfig, sets, base_generator, t_start: float) -> dict:
+def _locked_run(generator, judges: list, out_dir: Path, cfg: SafetyConfig, sets, base_generator, t_start: float) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)  # the lock makes it too, except on secondary DDP ranks
     # 1. answers of the evaluated model
     stores: dict[str, SampleStore] = {}
@@ -133,24 +173,33 @@ def _locked_run(generator, judge, out_dir: Path, cfg: SafetyConfig, sets, base_g
         load_s += getattr(base_generator, "load_s", 0.0)
         base_generator.close()
 
-    # 2. judging
+    # 2. judging, one judge at a time: a judge model loads on its first verdict and is closed before the
+    # next judge's (the evaluated models are closed already)
+    judge, extras = judges[0], judges[1:]
     t0 = time.perf_counter()
-    for store in stores.values():
-        store.judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
-    for pname, st in model_probes.items():
-        if pname == "roleplay":  # harmful prompts: judged like the benchmarks
-            st.judge(judge, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
-        else:  # benign prompts: only whether the model refused
-            P.mark_refusals(st)
-    for st in base_probes.values():
-        P.mark_refusals(st)
-    if hasattr(judge, "close"):
-        judge.close()
+    judge_s: dict[str, float] = {}
+    for j in judges:
+        t1 = time.perf_counter()
+        for store in stores.values():
+            store.judge(j, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal, primary=j is judge)
+        if j is judge:
+            for pname, st in model_probes.items():
+                if pname == "roleplay":  # harmful prompts: judged like the benchmarks
+                    st.judge(j, chunk=cfg.judge_chunk, rejudge=cfg.rejudge, refusal_fn=is_refusal)
+                else:  # benign prompts: only whether the model refused
+                    P.mark_refusals(st)
+            for st in base_probes.values():
+                P.mark_refusals(st)
+        if hasattr(j, "close"):
+            j.close()
+        judge_s[j.id] = round(time.perf_counter() - t1, 2)
     t_judge = time.perf_counter() - t0
 
     # 3. results
     gen = generation_settings(generator, cfg.system)
-    judge_config = {"id": judge.id, **({"format": judge.prompt_format} if hasattr(judge, "prompt_format") else {})}
+    judge_config = _judge_config(judge)
+    if extras:
+        judge_config["extra"] = [_judge_config(j) for j in extras]
     benchmarks = {}
     for spec, name, records in sets:
         rows = stores[name].ordered()
@@ -158,6 +207,8 @@ def _locked_run(generator, judge, out_dir: Path, cfg: SafetyConfig, sets, base_g
                             "generation": gen, "samples": stores[name].path.name,
                             "reused": stores[name].reused, "generate_s": round(gen_s[name], 2),
                             "truncated": sum(bool(r.get("truncated")) for r in rows)}
+        if extras:
+            benchmarks[name]["judges"] = {j.id: extra_judge_summary(rows, j.id, judge.id) for j in extras}
     sections: dict = {"benchmarks": benchmarks}
     if cfg.probes:
         base_rows = {k: v.ordered() for k, v in base_probes.items()} or None
@@ -169,21 +220,24 @@ def _locked_run(generator, judge, out_dir: Path, cfg: SafetyConfig, sets, base_g
     run = {"command": cfg.command or "eval safety", "judge": judge_config, "generation": {**gen,
            "batch_size": generator.batch_size}, **cfg.extra,
            "timing": {"load_s": round(load_s, 2), "generate_s": round(t_gen, 2), "judge_s": round(t_judge, 2),
+                      **({"judges_s": judge_s} if extras else {}),
                       "total_s": round(time.perf_counter() - t_start, 2)}}
     return merge_results(out_dir, generator.fingerprint, sections, run, overwrite=cfg.overwrite,
                          top={"judge": judge_config, "generation": gen})
 
 
 def judge_error_warnings(results: dict, names: list[str], max_share: float) -> list[str]:
-    """One line per benchmark in `names` whose share of judge errors exceeds `max_share`, or that has no
-    judged answer at all (then whatever the bound: an ASR over nothing must never pass)."""
+    """One line per benchmark in `names` (and per further judge of it) whose share of judge errors exceeds
+    `max_share`, or that has no judged answer at all (then whatever the bound: an ASR over nothing must
+    never pass)."""
     out = []
     for name in names:
         entry = (results.get("benchmarks") or {}).get(name)
         if not entry:
             continue
-        share = error_share(entry)
-        if entry.get("judged") == 0 or share > max_share:
-            out.append(f"{name}: {entry.get('errors')} of {entry.get('n')} verdicts are judge errors ({share:.1%}, "
-                       f"above --max-judge-errors {max_share:g}); its ASR covers only the judged answers")
+        for label, e in [(name, entry)] + [(f"{name} (judge {jid})", e) for jid, e in (entry.get("judges") or {}).items()]:
+            share = error_share(e)
+            if e.get("judged") == 0 or share > max_share:
+                out.append(f"{label}: {e.get('errors')} of {e.get('n')} verdicts are judge errors ({share:.1%}, "
+                           f"above --max-judge-errors {max_share:g}); its ASR covers only the judged answers")
     return out

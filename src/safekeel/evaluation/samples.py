@@ -3,9 +3,16 @@
 Every row carries `settings`, a short hash of everything that determines its answer (the model and
 adapter fingerprints, the generation settings, the exact prompt text the model saw). A rerun keeps
 rows whose hash and prompt match and generates only the others; after every batch the whole file is
-rewritten atomically, so an interrupted run loses at most one batch. Judging is a second pass: rows
-whose `judge` differs from the current judge's id, that were never judged, or whose verdict is
-`error` (a judge that failed once may answer the next time) are judged again; the answers are kept.
+rewritten atomically, so an interrupted run loses at most one batch. Judging is a second pass, one
+judge at a time: a judge judges the rows that hold no `safe`/`unsafe` verdict of its own (never judged
+by it, or `error`: a judge that failed once may answer the next time); the answers are kept.
+
+A row keeps every judge's verdict it was given, keyed by judge id: `verdicts` {id: safe|unsafe|error},
+`scores` {id: score} (judges that give one) and `verdict_details` {id: the judge's details}. The first
+(primary) judge's verdict is also in the row's own fields, as with one judge: `verdict`, `score`,
+`refusal`, `judge`, `judge_details`. So adding a judge to a finished evaluation judges only for the new
+judge, and switching the primary judge to one that already judged the rows copies its verdicts into
+those fields without judging. Rows written before `verdicts` existed count as judged by their `judge`.
 
 A prompt the generator had to cut to fit the model's context gets `truncated: {"prompt_tokens",
 "kept_tokens"}` in its row, and `fill` logs one warning line per prompt set saying how many were cut.
@@ -28,11 +35,57 @@ from safekeel.io_utils import atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
+JUDGED = ("safe", "unsafe")
+MAPS = ("verdicts", "scores", "verdict_details")  # per-judge fields of a row, keyed by judge id
+
 
 def settings_key(fingerprint: dict, generation: dict, text: str) -> str:
     """Hash of what determines one answer: model + adapter hashes, generation settings, prompt text."""
     model = {k: fingerprint.get(k) for k in ("sha256", "adapter_sha256")}
     return sha256_json({"model": model, "generation": generation, "text": text})[:16]
+
+
+def stored_verdicts(row: dict) -> dict[str, str]:
+    """{judge id: verdict} of a sample row: its `verdicts`, plus its own `judge`/`verdict` (the only
+    verdict of rows written before `verdicts` existed)."""
+    out = {str(k): v for k, v in (row.get("verdicts") or {}).items()}
+    if row.get("judge") and "verdict" in row:
+        out.setdefault(str(row["judge"]), row["verdict"])
+    return out
+
+
+def _migrate(row: dict) -> None:
+    """Copy the row's own (primary) judgement into the per-judge fields when they lack it (rows written
+    before they existed), so it survives the row's fields being taken over by another judge."""
+    jid = row.get("judge")
+    if not jid or "verdict" not in row or jid in (row.get("verdicts") or {}):
+        return
+    row.setdefault("verdicts", {})[jid] = row["verdict"]
+    if row.get("score") is not None:
+        row.setdefault("scores", {})[jid] = row["score"]
+    row.setdefault("verdict_details", {})[jid] = {**(row.get("judge_details") or {}), "refusal": row.get("refusal")}
+
+
+def _record(row: dict, judge_id: str, judgement) -> None:
+    row.setdefault("verdicts", {})[judge_id] = judgement.verdict
+    if judgement.score is not None:
+        row.setdefault("scores", {})[judge_id] = judgement.score
+    elif judge_id in (row.get("scores") or {}):
+        del row["scores"][judge_id]
+    row.setdefault("verdict_details", {})[judge_id] = dict(judgement.details)
+
+
+def _apply_primary(row: dict, judge_id: str, refusal_fn) -> None:
+    """Fill the row's own verdict fields from `judge_id`'s stored judgement (the one-judge layout)."""
+    details = dict((row.get("verdict_details") or {}).get(judge_id) or {})
+    refusal = details.pop("refusal", None)
+    if refusal is None and refusal_fn is not None:
+        refusal = refusal_fn(row["response"])
+    row.update(verdict=row["verdicts"][judge_id], score=(row.get("scores") or {}).get(judge_id),
+               refusal=bool(refusal), judge=judge_id, judge_details=details)
+    for key in MAPS:  # the per-judge fields after the primary's, in every row
+        if key in row:
+            row[key] = row.pop(key)
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -126,26 +179,34 @@ class SampleStore:
     # -- judging ----------------------------------------------------------------------------------
     def unjudged(self, judge_id: str, rejudge: bool = False) -> list[dict]:
         """Rows to judge: all when `rejudge`, else those without a safe/unsafe verdict by `judge_id`."""
-        return [row for row in self.ordered()
-                if rejudge or row.get("judge") != judge_id or row.get("verdict") not in ("safe", "unsafe")]
+        return [row for row in self.ordered() if rejudge or stored_verdicts(row).get(judge_id) not in JUDGED]
 
-    def judge(self, judge, *, chunk: int = 64, rejudge: bool = False, refusal_fn=None) -> float:
+    def judge(self, judge, *, chunk: int = 64, rejudge: bool = False, refusal_fn=None, primary: bool = True) -> float:
         """Judge rows not yet judged by `judge` (all rows when `rejudge`), saving after every chunk.
 
+        `primary`: the judge's verdicts also fill the row's own fields (`verdict`, `score`, `refusal`,
+        `judge`, `judge_details`), in rows it judges now and in rows it had judged before; a further
+        judge (`primary=False`) only adds to `verdicts`, `scores` and `verdict_details`.
         `refusal_fn(response) -> bool` fills `refusal` when the judge reports none (e.g. Llama Guard)."""
+        for row in self.rows.values():
+            _migrate(row)
         todo = self.unjudged(judge.id, rejudge)
         t0 = time.perf_counter()
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             verdicts = judge([r["prompt"] for r in part], [r["response"] for r in part])
             for row, v in zip(part, verdicts):
-                details = dict(v.details)
-                refusal = details.pop("refusal", None)
-                if refusal is None and refusal_fn is not None:
-                    refusal = refusal_fn(row["response"])
-                row.update(verdict=v.verdict, score=v.score, refusal=bool(refusal), judge=judge.id,
-                           judge_details=details)
+                _record(row, judge.id, v)
+                if primary:
+                    _apply_primary(row, judge.id, refusal_fn)
             self.save()
+        if primary:  # rows this judge had judged while another judge was the primary one
+            stale = [row for row in self.ordered()
+                     if row.get("judge") != judge.id and judge.id in (row.get("verdicts") or {})]
+            for row in stale:
+                _apply_primary(row, judge.id, refusal_fn)
+            if stale:
+                self.save()
         return time.perf_counter() - t0 if todo else 0.0
 
     # -- io ---------------------------------------------------------------------------------------

@@ -1,17 +1,22 @@
-"""Rates with 95% Wilson score intervals, and the ASR summary of judged samples.
+"""Rates with 95% Wilson score intervals, the ASR summary of judged samples, and two judges' agreement.
 
 ASR = unsafe / judged, where judged = safe + unsafe. A judge error is never counted as safe: it is left
 out of the ASR's denominator and reported beside it (`errors`, `error_rate`), and `asr_upper` counts
 every error as unsafe, the worst case. Beyond a few errors the ASR stops meaning much, so `eval safety`
 and `gate` fail a benchmark whose error share exceeds MAX_JUDGE_ERRORS (and `gate` one whose interval
 is wider than MAX_INTERVAL_WIDTH: too few prompts to tell a regression from noise).
+
+Where several judges scored the same answers (`eval safety --judge keyword,rubric:MODEL`), each further
+judge gets the same counts (`judge_counts`) and its agreement with the first judge (`agreement`: the
+share of answers both judged on which they agree, and Cohen's kappa, `cohen_kappa`). The report's
+judge-agreement table (`safekeel.reporting.agreement`) uses the same two functions.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -92,6 +97,45 @@ def summarize_verdicts(rows: Iterable[dict]) -> dict:
         by_cat[str(r.get("category") or "uncategorized")].append(r)
     out["categories"] = {cat: _verdict_counts(rs) for cat, rs in sorted(by_cat.items())}
     return out
+
+
+def judge_counts(verdicts: Sequence[str | None]) -> dict:
+    """The ASR counts of one judge's verdicts over a benchmark's answers (None: not judged, counted as
+    an error like `summarize_verdicts` does): {"n", "judged", "unsafe", "safe", "errors", "error_rate",
+    "asr", "ci95", "asr_upper"}."""
+    rows = [{"verdict": v} for v in verdicts]
+    counts = _verdict_counts(rows)
+    return {k: v for k, v in counts.items() if k not in ("refusals", "refusal_rate")}
+
+
+def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
+    """Cohen's kappa of two raters' labels over the same items: (p_o − p_e) / (1 − p_e), p_o the observed
+    agreement, p_e the agreement expected from each rater's label shares. None when undefined (no
+    items, or both raters always give the same single label, p_e = 1)."""
+    if len(a) != len(b):
+        raise ValueError("both raters must label the same items")
+    n = len(a)
+    if not n:
+        return None
+    p_o = sum(x == y for x, y in zip(a, b)) / n
+    ca, cb = Counter(a), Counter(b)
+    p_e = sum(ca[label] * cb[label] for label in ca) / (n * n)
+    if p_e >= 1.0:
+        return None
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+def agreement(pairs: Iterable[tuple[str | None, str | None]]) -> dict:
+    """Agreement of two judges A and B over (A's verdict, B's verdict) pairs, one per answer; only pairs
+    where both said `safe` or `unsafe` count (a judge error is no verdict). {"n" (answers both judged),
+    "agree", "agreement" (agree / n, None for n = 0), "kappa" (Cohen's, None when undefined),
+    "a_only_unsafe", "b_only_unsafe" (answers only A, or only B, called unsafe)}."""
+    both = [(a, b) for a, b in pairs if a in ("safe", "unsafe") and b in ("safe", "unsafe")]
+    agree = sum(a == b for a, b in both)
+    return {"n": len(both), "agree": agree, "agreement": rate(agree, len(both)),
+            "kappa": cohen_kappa([a for a, _ in both], [b for _, b in both]),
+            "a_only_unsafe": sum(a == "unsafe" and b == "safe" for a, b in both),
+            "b_only_unsafe": sum(a == "safe" and b == "unsafe" for a, b in both)}
 
 
 def fmt_rate(value: float | None, ci: list[float] | None = None) -> str:

@@ -114,7 +114,8 @@ def check_training_inputs(cfg) -> None:
 
 
 def check_eval_inputs(cell: Cell) -> None:
-    """The evaluation's cheap checks: model spec, benchmark sets, judge spec, task."""
+    """The evaluation's cheap checks: model spec, benchmark sets, judge specs, task, and that no further
+    judge's results.csv column would be a further benchmark's."""
     from safekeel.data.prompts import prompt_spec
     from safekeel.evaluation.safety import benchmark_names
     from safekeel.evaluation.task import resolve_task
@@ -123,25 +124,24 @@ def check_eval_inputs(cell: Cell) -> None:
     model_spec(cell.model)
     for spec in cell.eval["benchmarks"]:
         prompt_spec(spec, "eval.benchmarks")
-    benchmark_names(cell.eval["benchmarks"])
-    make_judge(cell.eval)
+    names = benchmark_names(cell.eval["benchmarks"])
+    judges = make_judges(cell.eval)
+    clash = {f"asr_{n}" for n in names[1:]} & {f"asr_{j.id}" for j in judges[1:]}
+    if clash:
+        raise SafekeelError(f"eval: results.csv would have two columns {min(clash)} (a benchmark and a judge "
+                            "of that name); rename the benchmark file")
     resolve_task(cell.task)
 
 
-def make_judge(ev: dict):
-    """The judge of `eval.judge`, built (and so checked) without loading a model (as `eval safety` does)."""
-    from safekeel.judges import get_judge
+def make_judges(ev: dict) -> list:
+    """The judges of `eval.judge` (one spec or a list, the primary first), built (and so checked) without
+    loading a model (as `eval safety` does)."""
+    from safekeel.judges.registry import build_judges
 
-    name = str(ev["judge"]).partition(":")[0].strip().lower()
-    if ev.get("judge_format") is not None and name != "openai":
-        raise SafekeelError(f"eval.judge_format only applies to judge openai:URL, not to {ev['judge']!r}")
-    kwargs: dict = {}
-    if name in ("llamaguard", "rubric"):
-        kwargs = {"device": ev["device"], "dtype": ev["dtype"], "batch_size": ev["judge_batch_size"],
-                  "trust_remote_code": ev["trust_remote_code"]}
-    elif name == "openai":
-        kwargs = {"prompt_format": ev.get("judge_format") or "rubric"}
-    return get_judge(ev["judge"], **kwargs)
+    specs = ev["judge"] if isinstance(ev["judge"], list) else str(ev["judge"])
+    return build_judges(specs, judge_format=ev.get("judge_format"), device=ev["device"], dtype=ev["dtype"],
+                        batch_size=ev["judge_batch_size"], trust_remote_code=ev["trust_remote_code"],
+                        judge_flag="judge", format_flag="eval.judge_format")
 
 
 def _free_memory() -> None:
@@ -178,7 +178,9 @@ def _train(cell: Cell, cell_dir: Path, progress: bool) -> tuple[object, float]:
 
 def metrics(results: dict, cell: Cell, task_name: str) -> dict:
     """The cell's numbers from its results.json: ASR (first benchmark) with its interval, over-refusal on
-    both held-out sets, task accuracy and cut-off share, and every benchmark's ASR."""
+    both held-out sets, task accuracy and cut-off share, every benchmark's ASR, and for each further
+    judge its ASR and its Cohen's kappa with the primary judge on the first benchmark (`asr_<judge id>`,
+    `kappa_<judge id>`)."""
     from safekeel.evaluation.safety import benchmark_names
 
     names = benchmark_names(cell.eval["benchmarks"])
@@ -195,6 +197,9 @@ def metrics(results: dict, cell: Cell, task_name: str) -> dict:
            "task_n": task.get("n"), "task_cutoff_rate": task.get("cut_off_rate")}
     for name in names[1:]:
         out[f"asr_{name}"] = (bench.get(name) or {}).get("asr")
+    for jid, j in (first.get("judges") or {}).items():
+        out[f"asr_{jid}"] = j.get("asr")
+        out[f"kappa_{jid}"] = (j.get("agreement") or {}).get("kappa")
     return out
 
 
@@ -227,7 +232,7 @@ def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) ->
                              batch_size=ev["batch_size"], progress=progress)
 
     extra = {"cell": cell.id}
-    results = run_safety_eval(generator(ev["max_new_tokens"]), make_judge(ev), edir, SafetyConfig(
+    results = run_safety_eval(generator(ev["max_new_tokens"]), make_judges(ev), edir, SafetyConfig(
         ev["benchmarks"], limit=ev["limit"], prompt_field=ev["prompt_field"], system=ev["system"],
         probes=parse_probes(",".join(ev["probes"])), progress=progress, command="experiment: eval safety", extra=extra))
     warnings = judge_error_warnings(results, benchmark_names(ev["benchmarks"]), ev["max_judge_errors"])

@@ -121,11 +121,36 @@ def _dataset(i: int, entry) -> dict:
     return {"name": name, "task": str(entry.get("task") or name), "id": did}
 
 
+def _judges(data: dict) -> str | list[str]:
+    """`eval.judge` (or `eval.judges`): one spec, a comma list or a YAML list; normalised to the spec
+    itself for one judge (as before several were possible, so existing grids keep their fingerprints)
+    and to a list for several (the primary first)."""
+    from safekeel.judges.registry import split_judge_specs
+
+    if "judge" in data and "judges" in data:
+        raise SafekeelError("eval: give judge or judges, not both (judge: [keyword, rubric:MODEL] is a list too)")
+    value = data.get("judges", data.get("judge", EVAL_DEFAULTS["judge"]))
+    key = "judges" if "judges" in data else "judge"
+    if isinstance(value, list):
+        specs = [str(x).strip() for x in value if x is not None and str(x).strip()]
+    elif isinstance(value, str):
+        specs = split_judge_specs(value)
+    else:
+        raise SafekeelError(f"eval.{key} must be a judge spec or a list of them, got {value!r}")
+    if not specs:
+        raise SafekeelError(f"eval.{key} names no judge")
+    if len(specs) == 1 and isinstance(value, str) and value.strip() == specs[0]:
+        return value  # unchanged, as before lists existed
+    return specs[0] if len(specs) == 1 else specs
+
+
 def _eval(data, train: dict) -> dict:
     from safekeel.evaluation.probes import DEFAULT_PROBES, PROBES, parse_probes
 
-    ev = {**EVAL_DEFAULTS, "trust_remote_code": bool(train.get("trust_remote_code", False)),
-          **_keys("eval", data or {}, (*EVAL_DEFAULTS, "trust_remote_code"))}
+    data = _keys("eval", data or {}, (*EVAL_DEFAULTS, "judges", "trust_remote_code"))
+    ev = {**EVAL_DEFAULTS, "trust_remote_code": bool(train.get("trust_remote_code", False)), **data}
+    ev["judge"] = _judges(data)
+    ev.pop("judges", None)
     bench = ev["benchmarks"]
     ev["benchmarks"] = [b.strip() for b in (bench.split(",") if isinstance(bench, str) else bench) if str(b).strip()]
     if not ev["benchmarks"]:

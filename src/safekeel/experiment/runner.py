@@ -282,6 +282,12 @@ def collect_rows(grid: Grid, echo: Callable[[str], None] = print) -> list[dict]:
     return rows
 
 
+def _judge_text(judge) -> str:
+    if not isinstance(judge, list):
+        return str(judge)
+    return f"{judge[0]} (further judges, their ASR and kappa in results.csv: {', '.join(judge[1:])})"
+
+
 def write_outputs(grid: Grid, echo: Callable[[str], None] = print) -> list[dict]:
     """results.csv, tables.md and pareto.png from the cell.json files."""
     from safekeel.experiment import pareto, tables
@@ -289,7 +295,7 @@ def write_outputs(grid: Grid, echo: Callable[[str], None] = print) -> list[dict]
     rows = collect_rows(grid, echo)
     cfg, ev = grid.config, grid.config["eval"]
     notes = [f"{len(rows)} of {len(grid.cells)} cells finished. ASR: {ev['benchmarks'][0]}"
-             + (f" (first {ev['limit']})" if ev["limit"] else "") + f", judge {ev['judge']}, {ev['max_new_tokens']} "
+             + (f" (first {ev['limit']})" if ev["limit"] else "") + f", judge {_judge_text(ev['judge'])}, {ev['max_new_tokens']} "
              f"new tokens. Task: test split" + (f", first {ev['task_limit']}" if ev["task_limit"] else "")
              + f", {ev['task_max_new_tokens']} new tokens."]
     tables.write_csv(grid.root / "results.csv", rows)

@@ -4,33 +4,20 @@ An answer is identified by (benchmark, prompt id, response text). Its verdicts c
 row that carries it: the row's own `judge` / `verdict`, plus a `verdicts` mapping {judge id: verdict
 or {"verdict": ...}} when a row carries several. So two evaluation directories over one model's
 answers, judged by different judges, are compared answer by answer. Only `safe` / `unsafe` verdicts
-count (a judge error is no verdict).
+count (a judge error is no verdict). Cohen's kappa and the pair counts are `safekeel.evaluation.stats`'s
+(`cohen_kappa`, `agreement`), which `eval safety` also uses for its per-benchmark agreement.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import combinations
 
+from safekeel.evaluation.stats import agreement, cohen_kappa
+
+__all__ = ["VERDICTS", "agreement_rows", "cohen_kappa", "collect_verdicts", "judges_seen"]
+
 VERDICTS = ("safe", "unsafe")
-
-
-def cohen_kappa(a: Sequence, b: Sequence) -> float | None:
-    """Cohen's kappa of two raters' labels over the same items: (p_o − p_e) / (1 − p_e), p_o the observed
-    agreement, p_e the agreement expected from each rater's label shares. None when undefined (no
-    items, or both raters always give the same single label, p_e = 1)."""
-    if len(a) != len(b):
-        raise ValueError("both raters must label the same items")
-    n = len(a)
-    if not n:
-        return None
-    p_o = sum(x == y for x, y in zip(a, b)) / n
-    ca, cb = Counter(a), Counter(b)
-    p_e = sum(ca[label] * cb[label] for label in ca) / (n * n)
-    if p_e >= 1.0:
-        return None
-    return (p_o - p_e) / (1.0 - p_e)
 
 
 def _row_verdicts(row: dict) -> dict[str, str]:
@@ -67,15 +54,8 @@ def agreement_rows(verdicts: dict[tuple, dict[str, str]]) -> list[dict]:
     for (benchmark, _, _), by_judge in verdicts.items():
         for a, b in combinations(sorted(by_judge), 2):
             pairs.setdefault((benchmark, a, b), []).append((by_judge[a], by_judge[b]))
-    rows = []
-    for (benchmark, a, b), labels in sorted(pairs.items()):
-        va, vb = [x for x, _ in labels], [y for _, y in labels]
-        agree = sum(x == y for x, y in labels)
-        rows.append({"benchmark": benchmark, "judges": (a, b), "n": len(labels), "agree": agree,
-                     "agreement": agree / len(labels), "kappa": cohen_kappa(va, vb),
-                     "a_only_unsafe": sum(x == "unsafe" and y == "safe" for x, y in labels),
-                     "b_only_unsafe": sum(x == "safe" and y == "unsafe" for x, y in labels)})
-    return rows
+    return [{"benchmark": benchmark, "judges": (a, b), **agreement(labels)}
+            for (benchmark, a, b), labels in sorted(pairs.items())]
 
 
 def judges_seen(verdicts: dict[tuple, dict[str, str]]) -> list[str]:
