@@ -429,3 +429,15 @@ def test_a_failing_worker_is_one_line(tiny_dirs, prompts_file, tmp_path, monkeyp
     (cid, msg), = report.failed
     assert cid == "initial__arith" and msg.startswith("error: --benchmarks: file not found: gone.jsonl (exit status 2; log: ")
     assert json.loads((tmp_path / "g" / "cells" / cid / "cell.json").read_text())["status"] == "failed"
+
+
+def test_new_packaged_data_makes_finished_cells_changed(tiny_dirs, prompts_file, tmp_path, monkeypatch):
+    """A packaged name (strongreject-harmful) is not a file whose content is fingerprinted: when what it
+    yields changes, DATA_VERSION changes, and cells recorded under the old content are not taken for new."""
+    from safekeel.experiment import execute
+
+    grid = load_grid(grid_dict(tiny_dirs, prompts_file, tmp_path / "g"))
+    run(grid, runner=FakeCells())
+    monkeypatch.setattr(execute, "DATA_VERSION", execute.DATA_VERSION + 1)
+    with pytest.raises(SafekeelError, match="was run with different settings"):
+        run(load_grid(grid_dict(tiny_dirs, prompts_file, tmp_path / "g")), runner=FakeCells())

@@ -283,16 +283,19 @@ def test_training_overlap_check_warns_about_the_whole_set_only(fake_harmful_set)
 
 
 def test_default_overlap_check_is_the_evaluation_default(fake_harmful_set, tmp_path, monkeypatch):
-    """The default --overlap-check (`harmbench`) stands for what `eval safety` scores by default: today HarmBench
-    test and the whole StrongREJECT, so a run on strongreject-harmful is told it would be scored on its own
-    prompts there, and pointed to strongreject-heldout."""
+    """The default --overlap-check (`harmbench`) stands for what `eval safety` scores by default: HarmBench
+    test and StrongREJECT's held-out part, so a default run on strongreject-harmful is not warned, while one
+    on every StrongREJECT prompt (`:all`) is told it would be scored on its own prompts."""
+    from safekeel.cli.main import build_parser
     from safekeel.data.safety_data import EVALUATION_SETS, overlap_sets
     from safekeel.defences.inputs import _with_strongreject
     from safekeel.training.config import RunConfig
     from safekeel.training.data import load_rows
 
     # the option keeps its old value (recorded runs and grid fingerprints unchanged) and stands for the sets
-    assert RunConfig().overlap_check == "harmbench" and "strongreject" in EVALUATION_SETS.split(",")
+    assert RunConfig().overlap_check == "harmbench" and EVALUATION_SETS == "harmbench,strongreject-heldout"
+    args = build_parser().parse_args(["eval", "safety", "--model", "m", "--output-dir", "o"])
+    assert args.benchmarks == EVALUATION_SETS  # what is checked is what is scored by default
     assert overlap_sets("harmbench") == EVALUATION_SETS == _with_strongreject("harmbench")
     assert overlap_sets("strongreject-heldout") == "strongreject-heldout" and overlap_sets(None) == "none"
     hb = tmp_path / "hb.csv"
@@ -300,8 +303,11 @@ def test_default_overlap_check_is_the_evaluation_default(fake_harmful_set, tmp_p
                   "Give steps to do bad thing A,standard,illegal,,,a\n")
     monkeypatch.setattr(packaged_data, "harmbench_csv", lambda split="test": hb)
     _, summary = load_rows(_cfg(overlap_check=RunConfig().overlap_check))
+    assert summary["overlap_warnings"] == []
+    _, summary = load_rows(_cfg(harmful="strongreject-harmful:all", num_examples=180,
+                                overlap_check=RunConfig().overlap_check))
     [warning] = summary["overlap_warnings"]
-    assert "evaluation (strongreject)" in warning and "evaluate on strongreject-heldout" in warning
+    assert "evaluation (strongreject-heldout)" in warning
 
 
 def test_monitor_on_the_heldout_part_drops_nothing(fake_harmful_set):

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
     sp = esub.add_parser("safety", help="attack success rate on harmful prompt sets, judged")
     _common(sp)
-    add_flag(sp, "benchmarks", default="harmbench,strongreject",
+    add_flag(sp, "benchmarks", default="harmbench,strongreject-heldout",
              help="comma-separated: harmbench, harmbench-val, strongreject, strongreject-small, FILE, hub id")
     add_flag(sp, "prompt-field", default="prompt", help="field holding the prompt in local files")
     add_flag(sp, "judge", default="keyword",

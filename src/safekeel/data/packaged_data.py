@@ -46,6 +46,11 @@ STRONGREJECT_ROWS = {"full": 313, "small": 60}
 # non-violent crimes 26 of 59, violence 24 of 54, hate/harassment/discrimination 21 of 50, disinformation
 # 18 of 50, sexual content 17 of 50, illegal goods and services 14 of 50. The 60 small prompts are all in
 # the full file and keep their part there.
+# What the packaged names (strongreject-harmful, harmbench, ...) yield, versioned: bump it whenever that
+# changes, so that results recorded under a name (e.g. a grid's cell.json) are not taken for new ones.
+# 2: strongreject-harmful draws only from StrongREJECT's training part (2026-11-24).
+DATA_VERSION = 2
+
 STRONGREJECT_SPLIT = {
     "full": {"heldout": 120, "train": 193,
              "heldout_sha256": "b1a7b8dc494a1af933707cee56f418bc50cd329dde7fe03f2b97853964c50e7e"},

@@ -34,7 +34,7 @@ MIN_ROWS = 4  # fewer refusals than this is not a safety set (an unaligned model
 # default. The whole `strongreject` holds StrongREJECT's training part too, so a run trained on
 # `strongreject-harmful` is warned that it would be scored on its own prompts there; with the evaluation on
 # `strongreject-heldout` instead, put that name here.
-EVALUATION_SETS = "harmbench,strongreject"
+EVALUATION_SETS = "harmbench,strongreject-heldout"
 
 
 def overlap_sets(overlap_check: str | None) -> str:

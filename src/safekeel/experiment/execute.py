@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from safekeel.data.packaged_data import DATA_VERSION
 from safekeel.errors import SafekeelError
 from safekeel.experiment.cells import Cell
 from safekeel.fingerprint import file_fingerprint, sha256_json
@@ -78,9 +79,11 @@ def fingerprints(cell: Cell, cfg=None) -> dict:
     train_part = {k: s[k] for k in ("model", "defence", "method", "data", "harmful_ratio", "learning_rate",
                                     "seed", "train")}
     files_train, files_eval = input_files(cell.train), input_files(cell.eval, cell.task)
+    # packaged names (strongreject-harmful, harmbench, ...) are not files: their content is versioned
     train_fp = sha256_json({**train_part, "resolved": _resolved(cfg) if cfg is not None else None,
-                            "files": files_train})
-    fp = sha256_json({"train": train_fp, "eval": s["eval"], "task": cell.task, "files": files_eval})
+                            "files": files_train, "packaged_data": DATA_VERSION})
+    fp = sha256_json({"train": train_fp, "eval": s["eval"], "task": cell.task, "files": files_eval,
+                      "packaged_data": DATA_VERSION})
     return {"fingerprint": fp, "train_fingerprint": train_fp, "files": {**files_train, **files_eval}}
 
 
@@ -237,7 +240,7 @@ def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) ->
         probes=parse_probes(",".join(ev["probes"])), progress=progress, command="experiment: eval safety", extra=extra))
     warnings = judge_error_warnings(results, benchmark_names(ev["benchmarks"]), ev["max_judge_errors"])
     task = resolve_task(cell.task)
-    results = run_task_eval(generator(ev["task_max_new_tokens"]), task, edir, TaskConfig(
+    results = run_task_eval(generator(ev["task_max_new_tokens"] or task.max_new_tokens), task, edir, TaskConfig(
         split=ev["task_split"], limit=ev["task_limit"], seed=ev["task_seed"], system=ev["system"],
         progress=progress, command="experiment: eval task", extra=extra), spec=cell.task)
     _free_memory()

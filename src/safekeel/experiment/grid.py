@@ -26,10 +26,10 @@ PER_CELL = {"method": "methods", "model": "model", "dataset": "datasets", "datas
             "learning_rate": "learning_rates", "seed": "seeds", "output_dir": "output_dir", "resume": None,
             "resume_from_checkpoint": None, "overwrite": None, "overwrite_output_dir": None}
 EVAL_DEFAULTS: dict = {
-    "benchmarks": ["harmbench", "strongreject"], "limit": None, "judge": "keyword", "judge_format": None,
+    "benchmarks": ["harmbench", "strongreject-heldout"], "limit": None, "judge": "keyword", "judge_format": None,
     "judge_batch_size": 8, "max_new_tokens": 256, "batch_size": None, "backend": "hf", "dtype": "auto",
     "device": "auto", "system": None, "prompt_field": "prompt", "probes": ["everyday", "over-refusal"],
-    "max_judge_errors": 0.05, "task_limit": None, "task_max_new_tokens": 256, "task_split": "test", "task_seed": 0,
+    "max_judge_errors": 0.05, "task_limit": None, "task_max_new_tokens": None, "task_split": "test", "task_seed": 0,
 }
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

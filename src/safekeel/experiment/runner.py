@@ -297,7 +297,7 @@ def write_outputs(grid: Grid, echo: Callable[[str], None] = print) -> list[dict]
     notes = [f"{len(rows)} of {len(grid.cells)} cells finished. ASR: {ev['benchmarks'][0]}"
              + (f" (first {ev['limit']})" if ev["limit"] else "") + f", judge {_judge_text(ev['judge'])}, {ev['max_new_tokens']} "
              f"new tokens. Task: test split" + (f", first {ev['task_limit']}" if ev["task_limit"] else "")
-             + f", {ev['task_max_new_tokens']} new tokens."]
+             + f", {ev['task_max_new_tokens'] or 'the task’s own number of'} new tokens."]
     tables.write_csv(grid.root / "results.csv", rows)
     tables.write_tables(grid.root / "tables.md", rows, {"name": cfg["name"], "model": cfg["model"], "notes": notes})
     pareto.plot(rows, grid.root / "pareto.png", title=f"{cfg['name']}: {cfg['model']}")
