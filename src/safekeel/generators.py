@@ -72,7 +72,7 @@ class HFGenerator:
 
     def close(self) -> None:
         self.model = None
-        _free_memory()
+        free_memory()
 
 
 class VLLMGenerator:
@@ -99,7 +99,7 @@ class VLLMGenerator:
                 from safekeel.models.loader import load_model
 
                 load_model(spec, device="cpu")  # writes the converted copy
-                _free_memory()
+                free_memory()
         self.tokenizer, self.max_new_tokens, self.adapter = tokenizer, max_new_tokens, adapter
         kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "enable_lora": bool(adapter)}
         try:
@@ -211,10 +211,10 @@ class LazyGenerator:
             if hasattr(self._impl, "close"):
                 self._impl.close()
             self._impl = None
-            _free_memory()
+            free_memory()
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     gc.collect()
     try:
         import torch

@@ -11,7 +11,6 @@ cell.json belongs to these settings, the cheap checks of every cell's inputs, an
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import sys
@@ -87,35 +86,6 @@ def fingerprints(cell: Cell, cfg=None) -> dict:
     return {"fingerprint": fp, "train_fingerprint": train_fp, "files": {**files_train, **files_eval}}
 
 
-def check_training_inputs(cfg) -> None:
-    """`train`'s cheap argument checks (training/guard.py) except building TrainingArguments, which would
-    start CUDA in the grid's own process; a bad training argument still fails as its cell starts."""
-    from safekeel import checks
-    from safekeel.data.harmful import check_harmful_spec
-    from safekeel.data.prompts import prompt_spec
-    from safekeel.defences.registry import defence_class
-    from safekeel.models.specs import model_spec
-    from safekeel.training import guard
-
-    checks.output_dir(cfg.output_dir)
-    model_spec(cfg.model)
-    defence = defence_class(cfg.method)(cfg.defence)
-    if cfg.tokens:
-        defence.select_tokens(guard.read_tokens(cfg.tokens))
-    if cfg.base:
-        model_spec(cfg.base, "--base")
-    if cfg.safety_data:
-        from safekeel.data.safety_data import safety_data_spec
-
-        safety_data_spec(cfg.safety_data)
-    guard._dataset_spec(cfg.dataset)
-    if cfg.harmful:
-        check_harmful_spec(cfg.harmful)
-    for name in (cfg.overlap_check or "").split(","):
-        if name.strip() and name.strip().lower() != "none":
-            prompt_spec(name.strip(), "--overlap-check")
-
-
 def check_eval_inputs(cell: Cell) -> None:
     """The evaluation's cheap checks: model spec, benchmark sets, judge specs, task, and that no further
     judge's results.csv column would be a further benchmark's."""
@@ -147,17 +117,6 @@ def make_judges(ev: dict) -> list:
                         judge_flag="judge", format_flag="eval.judge_format")
 
 
-def _free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-
-
 def _train(cell: Cell, cell_dir: Path, progress: bool) -> tuple[object, float]:
     """(RunConfig, seconds): trains unless the train directory holds a finished run."""
     from safekeel.training.run import train
@@ -175,7 +134,9 @@ def _train(cell: Cell, cell_dir: Path, progress: bool) -> tuple[object, float]:
     cfg = run_config(cell, cell_dir, **mode)
     t0 = time.perf_counter()
     train(cfg, progress=progress)
-    _free_memory()
+    from safekeel.generators import free_memory
+
+    free_memory()
     return cfg, time.perf_counter() - t0
 
 
@@ -216,7 +177,7 @@ def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) ->
         run_safety_eval,
     )
     from safekeel.evaluation.task import TaskConfig, resolve_task, run_task_eval
-    from safekeel.generators import LazyGenerator
+    from safekeel.generators import LazyGenerator, free_memory
 
     cell_dir = Path(cell_dir)
     model, adapter, train_s = cell.model, None, 0.0
@@ -243,7 +204,7 @@ def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) ->
     results = run_task_eval(generator(ev["task_max_new_tokens"] or task.max_new_tokens), task, edir, TaskConfig(
         split=ev["task_split"], limit=ev["task_limit"], seed=ev["task_seed"], system=ev["system"],
         progress=progress, command="experiment: eval task", extra=extra), spec=cell.task)
-    _free_memory()
+    free_memory()
     return {"train_s": round(train_s, 2), "eval_s": round(time.perf_counter() - t0, 2),
             "metrics": metrics(results, cell, task.name), "warnings": warnings}
 

@@ -107,10 +107,17 @@ def check_cells(grid: Grid, cells: list[Cell]) -> dict[str, dict]:
         if not cell.initial:
             cfg = X.run_config(cell, cell_path(grid, cell))
             once(cell, {k: v for k, v in cell.train.items() if k not in ("learning_rate", "seed", "poison_ratio")},
-                 lambda cfg=cfg: X.check_training_inputs(cfg))
+                 lambda cfg=cfg: _check_training_arguments(cfg))
         once(cell, [cell.model, cell.eval, cell.task], lambda cell=cell: X.check_eval_inputs(cell))
         out[cell.id] = X.fingerprints(cell, cfg)
     return out
+
+
+def _check_training_arguments(cfg) -> None:
+    """`train`'s own checks (training/guard.py), imported here only: guard pulls in torch."""
+    from safekeel.training import guard
+
+    guard.check_arguments(cfg, training_args=False)
 
 
 def _diff(old, new, prefix: str = "") -> list[str]:

@@ -77,8 +77,10 @@ def _dataset_spec(spec: str, flag: str = "--dataset") -> None:
                             ".jsonl/.csv/.parquet file or a hub dataset id")
 
 
-def check_arguments(cfg) -> None:
-    """The cheap argument checks (no download, no model, no data rows)."""
+def check_arguments(cfg, *, training_args: bool = True) -> None:
+    """The cheap argument checks (no download, no model, no data rows). `training_args=False` leaves out
+    building transformers' TrainingArguments, which would start CUDA in the calling process: `safekeel
+    experiment` checks every cell this way before the first runs, and each cell's own process checks the rest."""
     from safekeel.data.harmful import check_harmful_spec
     from safekeel.data.prompts import prompt_spec
     from safekeel.models.specs import model_spec
@@ -115,6 +117,8 @@ def check_arguments(cfg) -> None:
             check_local_or_hub(spec, "--monitor-prompts", nonempty=True)  # an empty file fails before any load
     if cfg.reference_cache_dir:
         checks.output_dir(cfg.reference_cache_dir, "--reference-cache-dir")
+    if not training_args:
+        return
     args = training_arguments(cfg)  # bad --training-arg values (eval_strategy=bogus) and report_to packages
     if getattr(args.eval_strategy, "value", args.eval_strategy) != "no":  # else the Trainer refuses, after loading
         raise SafekeelError("--training-arg eval_strategy: `safekeel train` has no evaluation set; leave it at "
