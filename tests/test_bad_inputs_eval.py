@@ -26,7 +26,7 @@ ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes anywhere: per
 needs_non_root = pytest.mark.skipif(ROOT, reason="root ignores directory permissions")
 
 EVAL_SAFETY = [
-    ([*SAFETY, "--judge", "keyword:xyz"], "the keyword judge takes no argument, got 'keyword:xyz'"),
+    ([*SAFETY, "--judge", "keyword:xyz"], "unknown keyword judge variant 'keyword:xyz'"),
     ([*SAFETY, "--judge", "keyword:"], "nothing after ':'"),
     ([*SAFETY, "--judge", "nosuch"], "unknown judge 'nosuch'"),
     ([*SAFETY, "--benchmarks", "harmbench", "--judge", "nosuch"], "unknown judge"),

@@ -2,6 +2,7 @@
 
 Modules: `stats` (Wilson interval, ASR aggregation), `generator` (HF / vLLM answer generation, from
 `safekeel.generators`),
-`samples` (resumable per-prompt sample files), `results` (results.json), `safety`, `probes`, `task`,
+`samples` (resumable per-prompt sample files), `results` (results.json), `lm_eval_layout` (its
+lm-evaluation-harness twin, and reading lm-eval results files), `safety`, `probes`, `task`,
 `gate`, `compare`. Import the module you need; this package imports nothing heavy.
 """

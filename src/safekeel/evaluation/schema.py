@@ -9,7 +9,8 @@ Checked: the top level is an object with at least one of benchmarks / tasks / pr
 `model` (optional) an object whose `spec` and `adapter` are strings or null;
 `benchmarks.<name>`: `asr` a rate or null, `n` and `errors` counts, `ci95` an interval or null, and
 optionally `judged`, `unsafe`, `safe` counts and `judge` a string;
-`tasks.<name>`: `accuracy` a rate or null, `n` a count, `ci95`, and optionally `correct`;
+`tasks.<name>`: `accuracy` a rate or null, `n` a count (or null: unknown, an lm-eval file without
+`n-samples`), `ci95`, and optionally `correct`;
 `probes.over_refusal` and `probes.over_refusal_everyday` (optional): `rate` a rate or null, `ci95`,
 `n` a count.
 A rate is a finite number in [0, 1]; a count an integer >= 0 (not a boolean); an interval a list
@@ -54,13 +55,14 @@ def _is_interval(x) -> bool:
 _KINDS = {
     "rate?": (lambda x: x is None or _is_rate(x), "a number in [0, 1] or null"),
     "count": (_is_count, "a non-negative integer"),
+    "count?": (lambda x: x is None or _is_count(x), "a non-negative integer or null"),
     "interval?": (lambda x: x is None or _is_interval(x), "null or a list [lo, hi] with 0 <= lo <= hi <= 1"),
     "text?": (lambda x: x is None or isinstance(x, str), "a string or null"),
 }
 
 _BENCHMARK = {"asr": "rate?", "n": "count", "errors": "count", "ci95": "interval?"}
 _BENCHMARK_OPTIONAL = {"judged": "count", "unsafe": "count", "safe": "count", "judge": "text?"}
-_TASK = {"accuracy": "rate?", "n": "count", "ci95": "interval?"}
+_TASK = {"accuracy": "rate?", "n": "count?", "ci95": "interval?"}
 _TASK_OPTIONAL = {"correct": "count"}
 _OVER_REFUSAL = {"rate": "rate?", "n": "count", "ci95": "interval?"}
 

@@ -1,4 +1,4 @@
-"""Judge registry: a spec string such as `keyword`, `llamaguard:MODEL`, `rubric:MODEL` or
+"""Judge registry: a spec string such as `keyword`, `keyword:gcg`, `llamaguard:MODEL`, `rubric:MODEL` or
 `openai:URL#MODEL` names a factory and its argument. A new judge is one module and one line here.
 
 `get_judge` is also the place where a spec is validated: it builds the judge object, which checks its
