@@ -51,3 +51,48 @@ def test_other_ddp_ranks_do_not_lock(tmp_path, monkeypatch):
         monkeypatch.setenv("RANK", "1")
         with RunLock(tmp_path / "x", "train"):  # rank 1 shares rank 0's directory
             assert not (tmp_path / "x" / LOCK_NAME).exists()
+
+
+def test_a_refused_writer_is_refused_at_once_and_leaves_the_holders_record(tmp_path):
+    import time
+
+    proc = _holder(tmp_path)
+    try:
+        for _ in range(2):  # a refused try must not erase the record the next one reads
+            t0 = time.monotonic()
+            with pytest.raises(SafekeelError, match=rf"pid {proc.pid} \(train\)"):
+                RunLock(tmp_path, "eval task").acquire()
+            assert time.monotonic() - t0 < 5  # tried once, never waited for
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_is_a_filelock(tmp_path):
+    """The OS lock is filelock's, so any filelock user of the same file excludes a run and vice versa."""
+    from filelock import FileLock, Timeout
+
+    with FileLock(str(tmp_path / LOCK_NAME)).acquire(timeout=0), \
+            pytest.raises(SafekeelError, match="in use by another safekeel run"):
+        RunLock(tmp_path, "train").acquire()
+    with RunLock(tmp_path, "train"), pytest.raises(Timeout):
+        FileLock(str(tmp_path / LOCK_NAME)).acquire(timeout=0)
+
+
+def test_a_record_the_lock_winner_empties_is_still_reported_stale(tmp_path, monkeypatch, caplog):
+    """Some filelock versions empty the file when they win the lock: the record is read before trying."""
+    import filelock
+
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 999_999_999, "command": "train"}))
+    real = filelock.FileLock.acquire
+
+    def acquire_and_truncate(self, *a, **k):
+        out = real(self, *a, **k)
+        (tmp_path / LOCK_NAME).write_text("")
+        return out
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", acquire_and_truncate)
+    with caplog.at_level("WARNING"), RunLock(tmp_path, "eval safety") as lock:
+        assert lock.took_over["pid"] == 999_999_999
+    assert "stale lock left by pid 999999999 (train)" in caplog.text

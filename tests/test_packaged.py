@@ -165,6 +165,10 @@ def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch, real_download_wheel
     class Failed:
         returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found for nope==1"
 
+    def offline(*a, **k):  # the direct route fails first (no network), so pip is tried
+        raise wheels._Fallback("no network")
+
+    monkeypatch.setattr(wheels, "_from_index", offline)
     monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(SafekeelError, match="nope==1.*offline.*No matching distribution"):
         real_download_wheel("nope", "1", tmp_path / "d")

