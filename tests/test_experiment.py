@@ -258,7 +258,7 @@ def test_cli_dry_run_and_bad_file(tiny_dirs, prompts_file, tmp_path, capsys, exp
         expect_usage_error(["experiment", bad, *argv], message)
     bad.write_text("- just\n- a list\n")
     expect_usage_error(["experiment", bad], "must be a mapping")
-    expect_usage_error(["experiment", tmp_path / "missing.yaml"], "grid file not found")
+    expect_usage_error(["experiment", tmp_path / "missing.yaml"], "cannot read grid file")
 
 
 # -- the real thing on a tiny model ----------------------------------------------------------------------

@@ -5,12 +5,17 @@ transformers' `TrainingArguments`), so no option is written twice. Every flag ha
 underscore spelling (`--max-steps` / `--max_steps`); the keys of a YAML `--config` file are the same
 names, and flags given on the command line override the file. Flags left out are absent from the
 namespace, so the layering (defaults < preset < YAML < flags) happens in `build_config`.
+
+TRL's names work too (docs/configuration.md): `--torch_dtype`, `--max_seq_length`, `--model_name_or_path`,
+`--lora_target_modules q_proj v_proj`, `--use_peft`; TRL settings safekeel cannot change (`--packing`,
+`--dataset_text_field`, ...) are flags as well, so that `build_config` refuses them with a reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import textwrap
 
 from safekeel.cli.flags import add_flag
 
@@ -21,6 +26,11 @@ _EPILOG = """examples:
   safekeel train --config run.yaml --max-steps 100          # flags override the YAML file
   safekeel train --config run.yaml --resume                 # continue an interrupted run in its --output-dir
   safekeel train --config run.yaml --overwrite              # start over, removing the run already there
+  safekeel train --config trl_recipe.yaml --method sft      # a TRL recipe's names (docs/configuration.md)
+
+defaults: LoRA r 8 / alpha 16 on all linear layers, lr 3e-5, 3 epochs, batch 2 follow the PACT paper; TRL's are
+full fine-tuning (use_peft false), LoRA r 16 / alpha 32, lr 2e-5, 3 epochs, batch 8, bf16 and gradient
+checkpointing on; both cut rows at 1024 tokens. Each flag's help names TRL's default where it differs.
 """
 
 
@@ -35,6 +45,7 @@ def register(sub) -> None:
         LoraOptions,
         MonitorOptions,
         RunConfig,
+        default_note,
     )
 
     p = sub.add_parser("train", help="fine-tune with a defence (sft, kl, pact, ...; LoRA by default)", epilog=_EPILOG,
@@ -44,7 +55,7 @@ def register(sub) -> None:
     add_flag(g, "config", default=None, help="YAML file whose keys are these flags' names (flags override it)")
     taken: dict = {}
     defences = all_defences()
-    notes = {"method": f"one of {', '.join(defences)}; default: pact"}
+    notes = {"method": f"one of {', '.join(defences)}; default: pact", **_trl_notes(RunConfig)}
     add_dataclass_flags(g, RunConfig, skip={"defence", "lora", "monitor", "training"}, taken=taken, notes=notes)
     p._option_string_actions["--method"].choices = list(defences)
     users: dict[str, list[str]] = {}
@@ -60,19 +71,55 @@ def register(sub) -> None:
         g = p.add_argument_group(f"--method {name}: {cls.summary}")
         add_dataclass_flags(g, cls.options_class, taken=taken, notes=shared)
     g = p.add_argument_group("LoRA / full fine-tuning")
-    add_dataclass_flags(g, LoraOptions, taken=taken)
+    add_dataclass_flags(g, LoraOptions, taken=taken, notes=_trl_notes(LoraOptions))
     g = p.add_argument_group("safety monitor and rollback (docs/monitoring.md)")
     add_dataclass_flags(g, MonitorOptions, taken=taken)
     g = p.add_argument_group("training: every transformers TrainingArguments field (TRL / transformers names)")
     max_length = dataclasses.make_dataclass("MaxLength", [("max_length", int, dataclasses.field(
-        default=TRAINING_DEFAULTS["max_length"], metadata={"help": NOT_TRAINING_ARGUMENTS["max_length"] +
-                                                           " (TRL SFTConfig's name)"}))])
-    add_dataclass_flags(g, max_length, taken=taken)
+        default=TRAINING_DEFAULTS["max_length"], metadata={
+            "help": NOT_TRAINING_ARGUMENTS["max_length"] + " (TRL SFTConfig's name; its old max_seq_length too)",
+            "aliases": ["--max-seq-length", "--max_seq_length"]}))])
+    add_dataclass_flags(g, max_length, taken=taken, notes=_trl_notes(max_length))
     add_training_argument_flags(g, skip=set(taken) | RESERVED | {f.name for f in RUN_FIELDS},
-                                defaults=TRAINING_DEFAULTS)
+                                defaults=TRAINING_DEFAULTS, note=default_note)
     add_flag(g, "training-arg", action="append", default=None, metavar="KEY=VALUE",
              help="any TrainingArguments field as KEY=VALUE (repeatable; the flags above do the same)")
+    _add_trl_flags(p)
     p.set_defaults(func=run)
+
+
+def _trl_notes(cls) -> dict:
+    """{field: help note} for the fields of `cls` whose default is the PACT paper's or differs from TRL's."""
+    from safekeel.cli.dataclass_flags import default_text
+    from safekeel.training.config import PAPER_DEFAULTS, TRL_DEFAULTS, default_note
+
+    return {f.name: default_note(f.name, default_text(f.default)) for f in dataclasses.fields(cls)
+            if f.name in TRL_DEFAULTS or f.name in PAPER_DEFAULTS}
+
+
+def _add_trl_flags(p) -> None:
+    """TRL's flags that are not safekeel's own: --use_peft (maps to --full), --warmup_ratio where transformers
+    dropped it, and, hidden, the TRL settings safekeel fixes, so that build_config explains a refusal."""
+    from safekeel.cli.dataclass_flags import to_bool
+    from safekeel.training.config import training_argument_fields
+    from safekeel.training.trl_compat import FIXED
+
+    text = ("TRL's --model_name_or_path, --dataset_name, --torch_dtype, --max_seq_length and --lora_* are the flags "
+            "above. TRL ModelConfig / SFTConfig settings safekeel cannot change (--packing, --dataset_text_field, "
+            "--use_dora, --attn_implementation, ...) are accepted at the value safekeel uses anyway and refused "
+            "with the reason otherwise.")
+    # the parser's formatter keeps descriptions as written (for the epilog's examples): wrap this one here
+    g = p.add_argument_group("TRL names (docs/configuration.md)", description=textwrap.fill(text, 78))
+    add_flag(g, "use-peft", type=to_bool, nargs="?", const=True, default=argparse.SUPPRESS, metavar="on|off",
+             help="TRL ModelConfig's switch: on = LoRA (safekeel's default), off = full fine-tuning (--full)")
+    if "warmup_ratio" not in training_argument_fields():
+        add_flag(g, "warmup-ratio", type=float, default=argparse.SUPPRESS,
+                 help="share of the steps to warm up over, in [0, 1) (transformers 5 reads --warmup-steps below 1 "
+                      "as this ratio)")
+    add_flag(g, "evaluation-strategy", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # eval_strategy's old name
+    kinds = {"bool": {"type": to_bool, "nargs": "?", "const": True}, "list": {"nargs": "+"}, "str": {}}
+    for name, fixed in FIXED.items():
+        add_flag(g, name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kinds[fixed.kind])
 
 
 def flat_options(args) -> dict:
@@ -80,20 +127,13 @@ def flat_options(args) -> dict:
     import yaml
 
     from safekeel.errors import SafekeelError
+    from safekeel.io_utils import load_yaml_mapping
     from safekeel.training.config import normalise_key
 
     flat: dict = {}
     if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise SafekeelError(f"cannot read --config {args.config}: {exc.strerror}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise SafekeelError(f"--config {args.config} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise SafekeelError(f"--config {args.config} must be a mapping of option names to values")
-        flat.update({normalise_key(k): v for k, v in yaml_sections(data).items()})
+        data = load_yaml_mapping(args.config, "--config", hint="of option names to values")
+        flat.update(yaml_sections(data))
     skip = {"config", "func", "command", "verbose", "training_arg"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
@@ -110,17 +150,20 @@ def flat_options(args) -> dict:
 
 
 def yaml_sections(data: dict) -> dict:
-    """A YAML config's keys, with sections flattened: `defence:`, `lora:`, `training:` or a method's name
-    (`pact: {lambda: 3}`) or `monitor:` hold that part's options, as `safekeel_run.json`'s "options" does, so a run's
-    recorded options are a valid config. Flat keys and sections mix; a key set twice must agree."""
+    """A YAML config's keys (normalised: TRL's names are safekeel's), with sections flattened: `defence:`,
+    `lora:`, `training:` or a method's name (`pact: {lambda: 3}`) or `monitor:` hold that part's options, as
+    `safekeel_run.json`'s "options" does, so a run's recorded options are a valid config. Flat keys and
+    sections mix; a key set twice (`torch_dtype` and `dtype` too) must agree."""
     from safekeel.defences.registry import defence_names
     from safekeel.errors import SafekeelError
+    from safekeel.training.config import normalise_key
 
     sections = {"defence", "lora", "monitor", "training", *defence_names()}
     flat: dict = {}
     for key, value in data.items():
         inner = value.items() if str(key) in sections and isinstance(value, dict) else [(key, value)]
-        for name, item in inner:
+        for raw, item in inner:
+            name = normalise_key(raw)  # TRL's torch_dtype and dtype are one option
             if name in flat and flat[name] != item:
                 raise SafekeelError(f"--config: option {name} given twice with different values")
             flat[name] = item

@@ -50,7 +50,7 @@ _LIST_NAMES = re.compile(r"(^|\.)(layers|h|blocks)$")
 class FreezeOptions(DefenceOptions):
     freeze_layers: str = field(default="0", metadata={"help": (
         "decoder layers to freeze: indices and inclusive ranges (0-3,7; negative counts from the end, -1 is "
-        "the last layer), and/or top:N, the N layers ranked highest by --layer-ranking")})
+        "the last layer), and/or top:N, the N layers ranked highest by --layer-ranking"), "list": True})
     layer_ranking: str | None = field(default=None, metadata={"help": (
         "ranking JSON written by `safekeel layers rank` (needed by --freeze-layers top:N)")})
 

@@ -213,7 +213,7 @@ def normalise(data: dict, output_dir: str | None = None) -> dict:
 
 def load_grid(source: str | Path | dict, output_dir: str | None = None) -> Grid:
     """A Grid from a YAML file, a grid directory (its grid.yaml; the directory is the output dir) or a dict."""
-    import yaml
+    from safekeel.io_utils import load_yaml_mapping
 
     if isinstance(source, dict):
         data = source
@@ -222,16 +222,7 @@ def load_grid(source: str | Path | dict, output_dir: str | None = None) -> Grid:
         if path.is_dir():
             output_dir = output_dir or str(path)
             path = path / "grid.yaml"
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SafekeelError(f"grid file not found: {path}") from None
-        except OSError as exc:
-            raise SafekeelError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise SafekeelError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise SafekeelError(f"{path} must be a mapping (model:, methods:, datasets:, ...)")
+        data = load_yaml_mapping(path, "grid file", hint="(model:, methods:, datasets:, ...)")
     config = normalise(data, output_dir)
     return Grid(config, expand(config), Path(config["output_dir"]).expanduser())
 

@@ -6,6 +6,10 @@ Three kinds of option, one flat namespace (CLI flags = YAML keys, dashes or unde
 - every transformers `TrainingArguments` field, passed through; `TRAINING_DEFAULTS` are the few where
   safekeel follows the PACT paper instead of transformers/TRL (lr 3e-5, 3 epochs, batch 2), plus
   `max_length` (TRL's SFTConfig name, not a TrainingArguments field).
+TRL's own names (ModelConfig's `use_peft`, `torch_dtype`, ...; SFTConfig's `max_seq_length`, `packing`, ...)
+are mapped or refused with a reason by `trl_compat.translate`. A field with metadata `list=True` is a
+comma-separated list that a YAML list or several flag values also give (`lora_target_modules: [q_proj, v_proj]`);
+every other option takes one value, and a list given to it is an error naming it.
 
 Resolution order: dataclass defaults < the defence's preset < YAML `--config` < command-line flags.
 In the flat mapping `build_config` takes, a value of None means "not given".
@@ -18,8 +22,9 @@ import logging
 import math
 from dataclasses import dataclass, field, fields
 
-from safekeel.defences.base import DefenceOptions, coerce, type_name
+from safekeel.defences.base import DefenceOptions, coerce, parse_bool, type_name
 from safekeel.errors import SafekeelError
+from safekeel.training.trl_compat import RENAMED, translate
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,8 @@ __all__ = [
 
 # spellings of older releases and of TRL / transformers, mapped to ours (flags and YAML keys alike)
 ALIASES = {"lambda": "lambda_kl", "lam": "lambda_kl", "resume_from_checkpoint": "resume", "lora_rank": "lora_r",
-           "top_k": "k", "model_name_or_path": "model", "dataset_name": "dataset", "overwrite_output_dir": "overwrite"}
+           "top_k": "k", "model_name_or_path": "model", "dataset_name": "dataset", "overwrite_output_dir": "overwrite",
+           **RENAMED}
 
 # where safekeel's defaults are not transformers' (the paper's: lr 3e-5, 3 epochs, batch 2) or are pinned
 # so a run record is complete; every other TrainingArguments field keeps transformers' default
@@ -51,6 +57,30 @@ NOT_TRAINING_ARGUMENTS = {"max_length": "longest tokenised row (prompt + answer)
 # TrainingArguments fields safekeel sets itself (changing them would break the two-view collator)
 RESERVED = {"output_dir", "remove_unused_columns", "label_names", "do_train", "do_eval", "do_predict",
             "resume_from_checkpoint", "overwrite_output_dir", "local_rank"}
+# ... of which a recipe may still name the value safekeel sets anyway (TRL recipes often hold these)
+RESERVED_ACCEPTED = {"remove_unused_columns": False, "label_names": ["labels"], "do_train": True, "do_eval": False,
+                     "do_predict": False}
+
+# TRL's defaults (SFTConfig and ModelConfig, TRL 1.x) next to safekeel's, for `safekeel train --help` and
+# docs/configuration.md: a TRL recipe that leaves these out trains differently here
+TRL_DEFAULTS = {
+    "learning_rate": "2e-05 (transformers: 5e-05)", "num_train_epochs": "3, the same",
+    "per_device_train_batch_size": "8", "max_length": "1024, the same", "bf16": "on unless fp16",
+    "gradient_checkpointing": "on", "logging_steps": "10, the same (transformers: 500)",
+    "full": "on, as use_peft is off by default", "lora_r": "16", "lora_alpha": "32",
+    "lora_target_modules": "not set, PEFT's per-model default (e.g. q_proj,v_proj)", "dtype": "float32 in TRL 1.x",
+}
+# the defaults that are the PACT paper's training set-up (the rest are transformers' or pinned for the record)
+PAPER_DEFAULTS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lora_r", "lora_alpha",
+                  "lora_target_modules", "full")
+
+
+def default_note(name: str, default: str) -> str:
+    """The help's note on an option's default (`default` as text): whose it is and TRL's where it matters."""
+    why = ", the PACT paper's" if name in PAPER_DEFAULTS else (
+        ", pinned for the run record" if name in TRAINING_DEFAULTS else "")
+    trl = f"; TRL: {TRL_DEFAULTS[name]}" if name in TRL_DEFAULTS else ""
+    return f"safekeel default: {default}{why}{trl}"
 
 
 class TrainingOptions(dict):
@@ -69,12 +99,13 @@ def _help(text: str, **more) -> dict:
 
 @dataclass
 class LoraOptions:
-    full: bool = field(default=False, metadata=_help("full fine-tuning instead of LoRA"))
+    full: bool = field(default=False, metadata=_help("full fine-tuning instead of LoRA (TRL: use_peft false)"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank", aliases=["--lora-rank", "--lora_rank"]))
     lora_alpha: int = field(default=16, metadata=_help("LoRA alpha"))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout"))
     lora_target_modules: str = field(default="all-linear", metadata=_help(
-        "comma-separated module names, or all-linear"))
+        "module names to adapt, as several values, comma-separated or a YAML list (q_proj v_proj), or all-linear",
+        list=True))
     load_in_4bit: bool = field(default=False, metadata=_help("QLoRA: 4-bit base weights (needs a GPU and bitsandbytes)"))
 
 
@@ -123,8 +154,10 @@ class RunConfig:
         "the unaligned counterpart of --model, for defences that need one (model spec)"))
     safety_data: str | None = field(default=None, metadata=_help(
         "harmful prompts with refusals (chat JSONL or a packaged set), for defences that need safety data"))
-    dtype: str = field(default="auto", metadata=_help("weights dtype (auto: bf16 on GPU, fp32 on CPU)",
-                                                      choices=["auto", "float32", "bfloat16", "float16"]))
+    dtype: str = field(default="auto", metadata=_help(
+        "weights dtype (auto: bf16 on GPU, fp32 on CPU; TRL's torch_dtype)", choices=["auto", "float32", "bfloat16",
+                                                                                       "float16"],
+        aliases=["--torch-dtype", "--torch_dtype"]))
     trust_remote_code: bool = field(default=False, metadata=_help("allow the model repository's own code"))
     resume: str | bool | None = field(default=None, metadata=_help(
         "resume from the latest complete checkpoint in --output-dir, or from the given one; the options that "
@@ -139,9 +172,9 @@ class RunConfig:
         "root of the reference caches (None: $SAFEKEEL_CACHE/reference)"))
     reference_batch_size: int = field(default=8, metadata=_help("batch size of the one-off cache pass"))
     overlap_check: str = field(default="harmbench", metadata=_help(
-        "prompt sets the harmful rows must not overlap, comma-separated, or none (harmbench, the default, stands "
-        "for the sets `eval safety` scores by default: HarmBench test and the whole StrongREJECT, which a run on "
-        "strongreject-harmful overlaps by design; strongreject-heldout never does)"))
+        "prompt sets the harmful rows must not overlap, several or comma-separated, or none (harmbench, the "
+        "default, stands for the sets `eval safety` scores by default: HarmBench test and the whole StrongREJECT, "
+        "which a run on strongreject-harmful overlaps by design; strongreject-heldout never does)", list=True))
     defence: DefenceOptions = field(default_factory=lambda: _default_defence_options())
     lora: LoraOptions = field(default_factory=LoraOptions)
     monitor: MonitorOptions = field(default_factory=MonitorOptions)
@@ -185,6 +218,21 @@ def training_argument_fields() -> dict:
     return {f.name: f for f in fields(TrainingArguments) if f.init}
 
 
+def training_argument_types() -> dict:
+    """{name: annotation} of transformers' TrainingArguments, as declared: `HfArgumentParser` (which builds
+    the train flags) rewrites the Fields' `.type` in place (`str | list[str] | None` becomes `str`), so the
+    annotations are read from the class, never from the Fields."""
+    import typing
+
+    from transformers import TrainingArguments
+
+    try:
+        hints = typing.get_type_hints(TrainingArguments)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation in some release: the Fields' types then
+        hints = {}
+    return {name: hints.get(name, f.type) for name, f in training_argument_fields().items()}
+
+
 def defence_option_owners() -> dict[str, list[str]]:
     """{option name: [defences that declare it]} over the whole registry."""
     from safekeel.defences.registry import all_defences
@@ -219,14 +267,14 @@ def build_config(flat: dict) -> RunConfig:
     lora_types = {f.name: f.type for f in fields(LoraOptions)}
     monitor_types = {f.name: f.type for f in fields(MonitorOptions)}
     owners = defence_option_owners()
-    hf_fields = training_argument_fields()
-    reserved = sorted(k for k in given if k in RESERVED and k not in run_types)
-    if reserved:
-        raise SafekeelError(f"{', '.join(reserved)}: set by safekeel itself and cannot be given")
+    hf_types = training_argument_types()
+    given = _without_reserved(translate(given, hf_types), run_types)
     unknown = [k for k in given if k not in run_types and k not in lora_types and k not in monitor_types
-               and k not in owners and k not in hf_fields and k not in TRAINING_DEFAULTS]
+               and k not in owners and k not in hf_types and k not in TRAINING_DEFAULTS]
     if unknown:
         raise SafekeelError(f"unknown option(s): {', '.join(sorted(unknown))} (see `safekeel train --help`)")
+    lists = list_options()
+    given = {k: _one_or_list(k, v, lists, hf_types) for k, v in given.items()}
 
     method = str(given.get("method", "pact"))
     cls = defence_class(method)
@@ -249,12 +297,79 @@ def build_config(flat: dict) -> RunConfig:
         else:  # a TrainingArguments field (or max_length): typed like safekeel's default, else checked later
             if _non_finite(value):
                 raise SafekeelError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
-            kind = type_name(hf_fields[key].type) if key in hf_fields else "int"  # max_length
+            kind = type_name(hf_types[key]) if key in hf_types else "int"  # max_length
             simple = kind.removesuffix(" | None") in ("bool", "int", "float")
-            training[key] = coerce(kind, key, value) if simple else value  # others: TrainingArguments checks
+            training[key] = coerce(kind, key, value) if simple else _yaml_no(hf_types.get(key), value)
     cfg.training = training
     validate(cfg)
     return cfg
+
+
+def _without_reserved(given: dict, run_types: dict) -> dict:
+    """`given` less the TrainingArguments safekeel sets itself: naming the value safekeel sets anyway is fine
+    (TRL recipes hold `remove_unused_columns: false`); another value is an error."""
+    out = {}
+    for key, value in given.items():
+        if key not in RESERVED or key in run_types:
+            out[key] = value
+        elif key not in RESERVED_ACCEPTED or _reserved_value(key, value) != RESERVED_ACCEPTED[key]:
+            setting = f" (safekeel sets {RESERVED_ACCEPTED[key]})" if key in RESERVED_ACCEPTED else ""
+            raise SafekeelError(f"{key}: set by safekeel itself and cannot be given{setting}")
+    return out
+
+
+def _reserved_value(key: str, value):
+    if isinstance(RESERVED_ACCEPTED.get(key), bool):
+        try:
+            return parse_bool(value, key)
+        except SafekeelError:
+            return value
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def list_options() -> set[str]:
+    """Names of the comma-separated list options (field metadata `list=True`) of the run, LoRA, the monitor
+    and every defence."""
+    from safekeel.defences.registry import all_defences
+
+    classes = [RunConfig, LoraOptions, MonitorOptions, *(c.options_class for c in all_defences().values())]
+    return {f.name for cls in classes for f in fields(cls) if f.metadata.get("list")}
+
+
+def _takes_container(annotation) -> bool:
+    """Whether a TrainingArguments annotation admits a list or a mapping (`report_to: str | list[str]`)."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if annotation in (list, dict, tuple) or origin in (list, dict, tuple):
+        return True
+    if isinstance(annotation, str):
+        return "list" in annotation or "dict" in annotation
+    return any(_takes_container(a) for a in typing.get_args(annotation)) if origin is not None else False
+
+
+def _one_or_list(key: str, value, lists: set[str], hf_types: dict):
+    """A YAML list or several flag values: joined with commas for a list option, kept for a TrainingArguments
+    field that takes one, and a one-line error for every option that takes a single value."""
+    if not isinstance(value, list | tuple | dict):
+        return value
+    flag = f"--{key.replace('_', '-')}"
+    if key in lists:
+        nested = isinstance(value, dict) or any(isinstance(item, list | tuple | dict) for item in value)
+        if nested or any(item is None or not str(item).strip() for item in value):
+            raise SafekeelError(f"{flag} takes a list of names (or one comma-separated text), got {value!r}")
+        return ",".join(str(item).strip() for item in value)
+    if key in hf_types and _takes_container(hf_types[key]):
+        return list(value) if isinstance(value, tuple) else value
+    kind = "a mapping" if isinstance(value, dict) else "a list"
+    raise SafekeelError(f"{flag} takes one value, got {kind}: {value!r}")
+
+
+def _yaml_no(annotation, value):
+    """YAML reads a bare `no` as false: for a strategy option (`save_strategy: no`) that means "no"."""
+    if value is False and annotation is not None and "Strategy" in str(annotation):
+        return "no"
+    return value
 
 
 def validate(cfg: RunConfig) -> None:
@@ -287,6 +402,7 @@ def validate(cfg: RunConfig) -> None:
     for name in ("lora_r", "lora_alpha"):
         if getattr(cfg.lora, name) <= 0:
             raise SafekeelError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg.lora, name)}")
+    _validate_targets(cfg.lora.lora_target_modules)
     if not 0 <= t.seed < 2**32:  # numpy's seeding range, which transformers' set_seed uses
         raise SafekeelError(f"--seed must be between 0 and 2**32 - 1, got {t.seed}")
     if t.dataloader_num_workers < 0:
@@ -304,6 +420,16 @@ def validate(cfg: RunConfig) -> None:
     _validate_monitor(cfg)
     cls = defence_class(cfg.method)
     cls(cfg.defence).check(cfg)
+
+
+def _validate_targets(targets: str) -> None:
+    """--lora-target-modules names at least one module, and all-linear stands alone (PEFT reads it only so)."""
+    names = [t.strip() for t in str(targets).split(",") if t.strip()]
+    if not names:
+        raise SafekeelError("--lora-target-modules names no module (give module names or all-linear)")
+    if "all-linear" in names and len(names) > 1:
+        raise SafekeelError(f"--lora-target-modules {targets}: all-linear stands alone (it means every linear "
+                            "layer but the output head)")
 
 
 def _validate_monitor(cfg: RunConfig) -> None:
