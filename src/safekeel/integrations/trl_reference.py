@@ -1,0 +1,104 @@
+"""The reference of a `SafetySFTTrainer` run (the model before this training), as `safekeel train` sets it up.
+
+- `before_wrapping`: called before TRL's `SFTTrainer.__init__` (which adds LoRA and patches the model's
+  forward with its fused LM head). Builds the one-off cache of the reference's K safety logits
+  (training/cache.py) when the defence uses them and `reference` allows it, or, for a live reference with
+  full fine-tuning, keeps a frozen copy, taken now because TRL's patched forward would call the
+  original model's.
+- `live_reference`: called after it: a `SafetyReference` on the frozen copy, or on the PEFT model itself
+  (adapters off, so no second copy), checked once against the full forward like `safekeel train` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from safekeel.errors import SafekeelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReferencePlan:
+    mode: str  # none | cache | live
+    cache: object = None  # a ReferenceCache (mode "cache")
+    cache_dir: str | None = None
+    frozen: object = None  # a frozen copy of the model (live reference, full fine-tuning)
+
+
+def place(model, args, quantized: bool) -> torch.device:
+    """The device the reference passes run on: the model is moved to `args.device` now (the Trainer would
+    move it anyway) unless it is quantised or dispatched with a device map."""
+    if args.place_model_on_device and not quantized and not getattr(model, "hf_device_map", None):
+        model.to(args.device)
+    return next(model.parameters()).device
+
+
+def before_wrapping(defence, reference: str, *, model, tok, tokens, examples: list[dict], args, device,
+                    cache_dir: str | None, full: bool) -> ReferencePlan:
+    """Decide cache / live / none for `defence` and `reference` ("auto" | "cache" | "live"); build the cache."""
+    from safekeel.training.run import _check_live_reference_is_supported
+
+    kind = defence.reference
+    if kind is None:
+        return ReferencePlan("none")
+    if kind != "safety" and reference == "cache":
+        raise SafekeelError(f"defence {defence.name!r} needs the reference's {kind} logits, which are computed "
+                            "live (only safety-token logits are cached); use reference='live' or 'auto'")
+    if kind == "safety" and reference != "live":
+        cache, root = build_cache(model, tok, tokens, examples, args, device, cache_dir, required=reference == "cache")
+        if cache is not None:
+            return ReferencePlan("cache", cache, root)
+    _check_live_reference_is_supported(args, kind)
+    # full fine-tuning moves the weights the reference needs: a frozen copy, made before TRL patches forward
+    return ReferencePlan("live", frozen=copy.deepcopy(model).requires_grad_(False).eval() if full else None)
+
+
+def live_reference(plan: ReferencePlan, defence, model, ids, examples: list[dict], pad_id: int, device):
+    """The live `SafetyReference` of `plan` (None unless its mode is "live"), self-checked on two rows."""
+    if plan.mode != "live":
+        return None
+    from safekeel.training.collate import Collator
+    from safekeel.training.reference import SafetyReference
+    from safekeel.training.run import _self_check
+
+    live = SafetyReference(plan.frozen if plan.frozen is not None else model, ids)
+    if defence.reference in ("safety", "target"):
+        _self_check(live, Collator(pad_id), examples, device, defence.reference)
+    return live
+
+
+def build_cache(model, tok, tokens, examples: list[dict], args, device, root_dir, *, required: bool):
+    """(ReferenceCache, its directory) of the reference's K-logits for `examples`, computed now with the model
+    before training (adapters off for a PEFT model); (None, None) when `auto` finds it too big for the disk."""
+    from safekeel.fingerprint import model_fingerprint, tokenizer_fingerprint
+    from safekeel.models.loader import cache_root
+    from safekeel.training import cache as cache_mod
+    from safekeel.training.collate import Collator
+    from safekeel.training.reference import SafetyReference
+    from safekeel.training.run import _self_check
+
+    model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
+                "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False))}
+    fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
+                               safety_ids=tokens.token_ids, examples=examples)
+    root = Path(root_dir or (cache_root() / "reference")) / fp[:32]
+    ok, why = cache_mod.fits(examples, tokens.k, root.parent)
+    if not ok and not required:
+        log.warning("reference cache would not fit (%s): using the live reference", why)
+        return None, None
+    plain = Collator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    ref = SafetyReference(model, tokens.ids_tensor())  # the model before training is the reference
+    _self_check(ref, plain, examples, device)
+    t0 = time.perf_counter()
+    cache = cache_mod.build(root, fp, examples, ref, plain, batch_size=max(1, args.per_device_eval_batch_size),
+                            device=device, process_index=args.process_index, world_size=args.world_size,
+                            progress=not args.disable_tqdm)
+    log.info("reference cache %s: %.1f s", root, time.perf_counter() - t0)
+    return cache, str(root)
