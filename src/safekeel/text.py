@@ -20,3 +20,19 @@ def prompt_bucket(text: str, buckets: int) -> int:
 
     digest = hashlib.sha256(normalise_text(text).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % buckets
+
+
+DIGEST_HEX = 16  # 64 bits: a collision among a few thousand prompts has odds of about 1e-12
+
+
+class PromptDigest(str):
+    """A prompt known only by its digest (`prompt_digest`): what a tokens artifact or a training run records
+    of the prompts it was fitted on, so an overlap check (`data.records.check_overlap`) works without the text."""
+
+
+def prompt_digest(text: str) -> str:
+    """The first DIGEST_HEX hex digits of the sha256 of the normalised text (UTF-8): two spellings of one
+    prompt (case, punctuation, spacing) get one digest, as they compare equal in the overlap checks."""
+    import hashlib
+
+    return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:DIGEST_HEX]

@@ -61,6 +61,10 @@ def register(sub) -> None:
     add_flag(sp, "base-adapter", default=None, help="adapter on the base model")
     add_flag(sp, "probe-limit", type=positive_int, default=20,
              help="harmful prompts (of the first benchmark) used by the role-play probe (default 20)")
+    add_flag(sp, "tokens", default=None, metavar="FILE",
+             help="a safety-token artifact: warn when the benchmarks share prompts with its identification "
+                  "prompts (an adapter or model trained by `safekeel train` is checked against what its run "
+                  "recorded without this; docs/leakage.md)")
     sp.set_defaults(func=run_safety)
 
     tp = esub.add_parser("task", help="task accuracy with answer extraction")
@@ -117,6 +121,7 @@ def run_safety(args) -> int:
     from safekeel.evaluation.safety import (
         SafetyConfig,
         benchmark_names,
+        fitted_prompts,
         judge_error_warnings,
         run_safety_eval,
     )
@@ -129,15 +134,21 @@ def run_safety(args) -> int:
     names = benchmark_names(benchmarks)
     probes = parse_probes(args.probes)
     judges = make_judges(args)
+    fitted = fitted_prompts(args.tokens, args.adapter, args.model)
     generator = _generator(args, args.model, args.adapter)
     base = _generator(args, args.base_model, args.base_adapter) if args.base_model else None
     cfg = SafetyConfig(benchmarks, limit=args.limit, prompt_field=args.prompt_field, system=args.system,
                        probes=probes, probe_limit=args.probe_limit, rejudge=args.rejudge,
                        overwrite=args.overwrite, progress=not args.no_progress,
-                       command="eval safety", extra={"arguments": _arguments(args)})
+                       command="eval safety", extra={"arguments": _arguments(args),
+                                                     "overlap_checked": [g.label for g in fitted]},
+                       fitted=fitted)
     results = run_safety_eval(generator, judges, args.output_dir, cfg, base_generator=base)
     print_safety(results, names)
     print(f"wrote {args.output_dir}/results.json ({results['runs'][-1]['timing']['total_s']:.1f} s)")
+    from safekeel.training.model_card import update_after_eval
+
+    update_after_eval(args.model, args.adapter, args.output_dir)  # a trained dir's README.md shows them
     warnings = judge_error_warnings(results, names, args.max_judge_errors)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
@@ -165,4 +176,7 @@ def run_task(args) -> int:
               "without finishing; their last number is often an intermediate one: raise --max-new-tokens",
               file=sys.stderr)
     print(f"wrote {args.output_dir}/results.json ({results['runs'][-1]['timing']['total_s']:.1f} s)")
+    from safekeel.training.model_card import update_after_eval
+
+    update_after_eval(args.model, args.adapter, args.output_dir)  # a trained dir's README.md shows them
     return 0

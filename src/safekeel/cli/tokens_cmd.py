@@ -16,7 +16,11 @@ def register(sub) -> None:
     add_model_flags(ip, name="aligned")
     add_flag(ip, "base", required=True, help="the base (unaligned) model: hub id, directory, .gguf or packaged")
     add_flag(ip, "base-adapter", default=None, help="LoRA adapter on the base model (e.g. a de-aligned counterpart)")
-    add_flag(ip, "prompts", default="harmbench", help="harmful prompt set (default: harmbench test, standard)")
+    # HarmBench-val, not the test split: the test split is what `eval safety` scores, and tokens identified on
+    # it would make a PACT model's evaluation partly a test on its fitting data (docs/leakage.md)
+    add_flag(ip, "prompts", default="harmbench-val",
+             help="harmful prompt set (default harmbench-val: 41 validation behaviours, kept apart from the "
+                  "test split that `eval safety` scores); the artifact records the prompts' ids and digests")
     add_flag(ip, "prompt-field", default="prompt")
     add_flag(ip, "responses", default=None,
              help="JSONL/CSV with a `response` field: refusal texts to teacher-force instead of generating")
@@ -37,7 +41,10 @@ def register(sub) -> None:
     vp = tsub.add_parser("intervene", help="boost/suppress safety vs random tokens and measure ASR (paper Table 1)")
     add_model_flags(vp)
     add_flag(vp, "tokens", required=True, help="safety-token artifact (tokens.json)")
-    add_flag(vp, "prompts", default="harmbench")
+    # an evaluation (ASR under interventions), so the test split; it warns when the tokens were identified on it
+    add_flag(vp, "prompts", default="harmbench",
+             help="harmful prompts the interventions are measured on (default harmbench, the test split); a "
+                  "warning when they overlap the tokens' identification prompts")
     add_flag(vp, "prompt-field", default="prompt")
     add_flag(vp, "limit", type=positive_int, default=None)
     add_flag(vp, "alpha", type=float, default=5.0, help="logit bias for the boost setting (default 5)")
@@ -83,7 +90,7 @@ def run_identify(args) -> int:
         prompt_spec(args.prompts)
     checks.output_file(args.output)
     checks.output_file(Path(args.output).with_suffix(".answers.jsonl"), "--output (its answers file)")
-    responses = None
+    responses, given_prompts = None, None
     if args.responses:
         responses, given_prompts = _read_responses(args.responses)
         if given_prompts is not None:  # the file carries its own prompts
@@ -93,6 +100,8 @@ def run_identify(args) -> int:
             prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
     else:
         prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
+    if given_prompts is None:  # the prompts come from --prompts
+        _warn_evaluation_set(args.prompts)
     t0 = time.perf_counter()
     aligned, tok = load_model(args.aligned, adapter=args.adapter, dtype=args.dtype, device=args.device,
                               trust_remote_code=args.trust_remote_code)
@@ -113,6 +122,18 @@ def run_identify(args) -> int:
     return 0
 
 
+def _warn_evaluation_set(spec: str) -> None:
+    """One warning when the identification prompts are an evaluation set (by name; nothing is loaded)."""
+    import sys
+
+    from safekeel.data.leakage import is_evaluation_set
+
+    if is_evaluation_set(spec):
+        print(f"warning: --prompts {spec} holds prompts `eval safety` scores by default; a model trained with "
+              "these tokens would be evaluated on the prompts they were identified on (docs/leakage.md); "
+              "identify on harmbench-val, the default", file=sys.stderr)
+
+
 def _print_table(artifact, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -131,6 +152,21 @@ def run_show(args) -> int:
 
     _print_table(SafetyTokens.load(args.path), args.top)
     return 0
+
+
+def _identification_overlap(tokens, path: str, prompts, spec: str) -> list[str]:
+    """Warnings (printed, and recorded in the output) when the measured prompts are ones the tokens were
+    identified on: boosting tokens fitted to those very refusals says little about held-out prompts."""
+    import sys
+
+    from safekeel.data.leakage import tokens_group
+    from safekeel.data.records import check_overlap
+
+    group = tokens_group(tokens, Path(path).name)
+    warnings = check_overlap(prompts, group.items(), (f"intervention ({spec})", group.label)) if group else []
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return warnings
 
 
 def run_intervene(args) -> int:
@@ -157,6 +193,7 @@ def run_intervene(args) -> int:
         tokens = tokens.top(args.k)
     judge = get_judge(args.judge)
     prompts = load_prompts(args.prompts, limit=args.limit, prompt_field=args.prompt_field)
+    overlap = _identification_overlap(tokens, args.tokens, prompts, args.prompts)
     model, tok = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device,
                             trust_remote_code=args.trust_remote_code)
     tokens.check_tokenizer(tok, args.model)
@@ -172,7 +209,8 @@ def run_intervene(args) -> int:
     view.add_row("suppress (logits = -1e9)", fmt("safety_suppress"), fmt("random_suppress"))
     Console().print(view)
     out = atomic_write_json(args.output, {"table": table, "alpha": args.alpha, "k": tokens.k, "judge": judge.id,
-                                          "model": args.model, "prompts": args.prompts, "n": len(prompts)})
+                                          "model": args.model, "prompts": args.prompts, "n": len(prompts),
+                                          "overlap_warnings": overlap})
     atomic_write_jsonl(Path(args.output).with_suffix(".samples.jsonl"), rows)
     print(f"wrote {out}")
     return 0

@@ -8,9 +8,9 @@
   the row holds a prompt (`prompt`, `question` or `instruction` + " " + `input`, the Alpaca/PACT layout)
   and a response (`response`, `completion`, `output` or `answer`); optional `system`, `id`, `harmful`,
   `source`.
-- `check_overlap`: warnings when prompts of one set (strings, records or rows) reappear in another
-  (docs/design.md, "Evaluation rules": harmful training prompts must stay apart from evaluation and
-  identification prompts).
+- `check_overlap`: warnings when prompts of one set (strings, records, rows or recorded digests) reappear
+  in another (docs/design.md, "Evaluation rules", and docs/leakage.md: harmful training prompts must stay
+  apart from evaluation and identification prompts); the one overlap check every tool uses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from safekeel.errors import SafekeelError
-from safekeel.text import normalise_text
+from safekeel.text import PromptDigest, normalise_text, prompt_digest
 
 ROLES = ("system", "user", "assistant")
 PROMPT_FIELDS = ("prompt", "question", "instruction")
@@ -146,20 +146,32 @@ def _prompt_text(item) -> str:
     raise TypeError(f"cannot read a prompt from {type(item).__name__}")
 
 
+def _overlap_key(item) -> tuple[str, str]:
+    """(digest, normalised text) of one item; a `PromptDigest` has no text, so ""; an empty prompt ("", "")."""
+    if isinstance(item, PromptDigest):
+        return str(item), ""
+    text = normalise_text(_prompt_text(item))
+    return (prompt_digest(text) if text else ""), text
+
+
 def check_overlap(a_prompts, b_prompts, names: tuple[str, str] = ("harmful training", "evaluation")) -> list[str]:
     """Warnings (empty when disjoint) for prompts of `a_prompts` that reappear in `b_prompts`.
 
-    Items may be strings, `PromptRecord`s, or rows with `prompt` or `messages`. Prompts are compared after
-    lower-casing and dropping punctuation and extra spaces.
+    Items may be strings, `PromptRecord`s, rows with `prompt` or `messages`, or `PromptDigest`s (a prompt
+    a record kept only the digest of). Prompts are compared after lower-casing and dropping punctuation and
+    extra spaces, by the digest of that form (`text.prompt_digest`), so texts and digests compare alike.
     """
     name_a, name_b = (names, "evaluation") if isinstance(names, str) else names
-    a = [normalise_text(_prompt_text(p)) for p in a_prompts]
-    b = {normalise_text(_prompt_text(p)) for p in b_prompts} - {""}
-    shared = [p for p in dict.fromkeys(a) if p in b]
+    a = [_overlap_key(p) for p in a_prompts]
+    b = {key for key, _ in map(_overlap_key, b_prompts)} - {""}
+    shared = [key for key in dict.fromkeys(key for key, _ in a) if key in b]
     if not shared:
         return []
-    n_rows = sum(1 for p in a if p in b)
-    example = shared[0] if len(shared[0]) <= 80 else shared[0][:77] + "..."
-    warning = (f"{len(shared)} of {len(set(a) - {''})} distinct {name_a} prompts ({n_rows} rows) also appear among "
-               f"the {len(b)} {name_b} prompts, e.g. {example!r}: results on them are not held out; keep the sets disjoint")
+    n_rows = sum(1 for key, _ in a if key in b)
+    distinct = len({key for key, _ in a} - {""})
+    example = next((text for key, text in a if key == shared[0] and text), "")
+    example = example if len(example) <= 80 else example[:77] + "..."
+    warning = (f"{len(shared)} of {distinct} distinct {name_a} prompts ({n_rows} rows) also appear among "
+               f"the {len(b)} {name_b} prompts{f', e.g. {example!r}' if example else ''}: results on them are "
+               "not held out; keep the sets disjoint")
     return [warning]

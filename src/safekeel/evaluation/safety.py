@@ -11,7 +11,8 @@ Phases, so that a judge model and the evaluated model never need to be in memory
    after every chunk);
 4. summarise into `results.json` (`benchmarks.<name>`, `probes`) and return it. Each benchmark entry
    counts its judge errors (`errors`, `error_rate`) and the prompts cut to fit the context
-   (`truncated`); the CLI turns too many errors into a non-zero exit (`judge_error_warnings`).
+   (`truncated`); the CLI turns too many errors into a non-zero exit (`judge_error_warnings`). With
+   `fitted` prompts (SafetyConfig; docs/leakage.md), each entry also lists `overlap_warnings`.
 
 Several judges (`judge` a list; `--judge keyword,rubric:MODEL`): the first is the primary judge, whose
 verdicts give the ASR, the sample rows' own verdict fields, the probes' role-play ASR, and what `gate`
@@ -56,6 +57,9 @@ class SafetyConfig:
     judge_chunk: int = 64
     command: str = ""
     extra: dict = field(default_factory=dict)  # recorded in the run entry (e.g. dtype, device)
+    # prompts the model or its settings were fitted on (data.leakage.FittedPrompts): each benchmark is
+    # checked against them, with warnings and `benchmarks.<name>.overlap_warnings` (docs/leakage.md)
+    fitted: list = field(default_factory=list)
 
 
 def generation_settings(generator, system: str | None) -> dict:
@@ -144,6 +148,7 @@ def run_safety_eval(generator, judge, out_dir: str | Path, cfg: SafetyConfig, ba
 
 def _locked_run(generator, judges: list, out_dir: Path, cfg: SafetyConfig, sets, base_generator, t_start: float) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)  # the lock makes it too, except on secondary DDP ranks
+    overlap = _overlap(sets, cfg.fitted)  # before any answer, so a leaky evaluation can be stopped early
     # 1. answers of the evaluated model
     stores: dict[str, SampleStore] = {}
     gen_s: dict[str, float] = {}  # seconds spent generating each benchmark in this run (0 when resumed)
@@ -207,6 +212,8 @@ def _locked_run(generator, judges: list, out_dir: Path, cfg: SafetyConfig, sets,
                             "generation": gen, "samples": stores[name].path.name,
                             "reused": stores[name].reused, "generate_s": round(gen_s[name], 2),
                             "truncated": sum(bool(r.get("truncated")) for r in rows)}
+        if cfg.fitted:  # [] = checked and disjoint; absent = nothing recorded to check against
+            benchmarks[name]["overlap_warnings"] = overlap.get(name, [])
         if extras:
             benchmarks[name]["judges"] = {j.id: extra_judge_summary(rows, j.id, judge.id) for j in extras}
     sections: dict = {"benchmarks": benchmarks}
@@ -224,6 +231,37 @@ def _locked_run(generator, judges: list, out_dir: Path, cfg: SafetyConfig, sets,
                       "total_s": round(time.perf_counter() - t_start, 2)}}
     return merge_results(out_dir, generator.fingerprint, sections, run, overwrite=cfg.overwrite,
                          top={"judge": judge_config, "generation": gen})
+
+
+def fitted_prompts(tokens: str | None, adapter: str | None, model: str | None) -> list:
+    """What the evaluated prompts must not overlap (docs/leakage.md): the identification prompts of the
+    `tokens` file, and what the training run in `adapter` or `model` (a safekeel output directory)
+    recorded in its safekeel_run.json. One group per distinct set of prompts."""
+    from safekeel import checks
+    from safekeel.data.leakage import run_groups
+    from safekeel.tokens.artifact import identification_prompts
+
+    fitted = []
+    if tokens:
+        checks.input_file(tokens, "--tokens")
+        fitted.append(identification_prompts(tokens))
+    fitted += run_groups(adapter, model)
+    distinct: dict = {}  # --tokens and the run's tokens may be one file: one warning, not two
+    for group in fitted:
+        if group is not None:
+            distinct.setdefault(group.digests, group)
+    return list(distinct.values())
+
+
+def _overlap(sets, fitted: list) -> dict[str, list[str]]:
+    """{benchmark name: warnings} for the benchmarks sharing prompts with `fitted`, each logged as one
+    `warning: ...` line (safekeel.data.leakage)."""
+    from safekeel.data.leakage import benchmark_warnings
+
+    out = benchmark_warnings(sets, fitted) if fitted else {}
+    for line in (w for lines in out.values() for w in lines):
+        log.warning("warning: %s", line)
+    return out
 
 
 def judge_error_warnings(results: dict, names: list[str], max_share: float) -> list[str]:

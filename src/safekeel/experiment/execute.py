@@ -168,7 +168,9 @@ def metrics(results: dict, cell: Cell, task_name: str) -> dict:
 
 
 def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) -> dict:
-    """Run one cell; returns {"train_s", "eval_s", "metrics", "warnings"} (the runner writes cell.json)."""
+    """Run one cell; returns {"train_s", "eval_s", "metrics", "warnings", "overlap_warnings"} (the runner
+    writes cell.json)."""
+    from safekeel.data.leakage import run_groups
     from safekeel.evaluation.probes import parse_probes
     from safekeel.evaluation.safety import (
         SafetyConfig,
@@ -196,17 +198,21 @@ def execute_cell(cell: Cell, cell_dir: str | Path, *, progress: bool = False) ->
                              batch_size=ev["batch_size"], progress=progress)
 
     extra = {"cell": cell.id}
+    fitted = run_groups(adapter, model)  # what the cell's training run was fitted on (docs/leakage.md)
     results = run_safety_eval(generator(ev["max_new_tokens"]), make_judges(ev), edir, SafetyConfig(
         ev["benchmarks"], limit=ev["limit"], prompt_field=ev["prompt_field"], system=ev["system"],
-        probes=parse_probes(",".join(ev["probes"])), progress=progress, command="experiment: eval safety", extra=extra))
+        probes=parse_probes(",".join(ev["probes"])), progress=progress, command="experiment: eval safety", extra=extra,
+        fitted=fitted))
     warnings = judge_error_warnings(results, benchmark_names(ev["benchmarks"]), ev["max_judge_errors"])
+    # reported beside the judge-error warnings, not among them: those fail the cell, an overlap does not
+    overlap = [w for b in results.get("benchmarks", {}).values() for w in b.get("overlap_warnings") or []]
     task = resolve_task(cell.task)
     results = run_task_eval(generator(ev["task_max_new_tokens"] or task.max_new_tokens), task, edir, TaskConfig(
         split=ev["task_split"], limit=ev["task_limit"], seed=ev["task_seed"], system=ev["system"],
         progress=progress, command="experiment: eval task", extra=extra), spec=cell.task)
     free_memory()
     return {"train_s": round(train_s, 2), "eval_s": round(time.perf_counter() - t0, 2),
-            "metrics": metrics(results, cell, task.name), "warnings": warnings}
+            "metrics": metrics(results, cell, task.name), "warnings": warnings, "overlap_warnings": overlap}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,7 +239,11 @@ def run_grid(grid: Grid, *, runner: Runner | None = None, only: list[str] | None
                 continue
             wall = time.perf_counter() - t0
             warnings = list(outcome.get("warnings") or [])
+            overlap = list(outcome.get("overlap_warnings") or [])  # recorded and shown; they fail nothing
+            for line in overlap:
+                echo(f"{head}: warning: {line}")
             record.update(status="failed" if warnings else "done", metrics=outcome["metrics"], warnings=warnings,
+                          overlap_warnings=overlap,
                           error=f"judge errors: {warnings[0]}" if warnings else None,
                           wall={"train_s": outcome.get("train_s"), "eval_s": outcome.get("eval_s"),
                                 "total_s": round(wall, 2)}, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -132,3 +132,14 @@ def _typed_list(data: dict, name: str, kind: type, path: Path) -> list:
         raise SafekeelError(f"{path}: field {name!r} must be a list, got {type(values).__name__}")
     return [_typed(v, f"{name}[{i}]", kind, path) for i, v in enumerate(values)]
 
+
+def identification_prompts(path: str | Path, flag: str = "--tokens"):
+    """The prompts the artifact at `path` was identified on, as a `data.leakage.FittedPrompts` named after the
+    file, or None when it records none (docs/leakage.md); SafekeelError (one line) when it cannot be read."""
+    from safekeel.data.leakage import tokens_group
+
+    try:
+        tokens = SafetyTokens.load(path)
+    except SafekeelError as exc:
+        raise SafekeelError(f"{flag}: {exc}") from None
+    return tokens_group(tokens, Path(path).name)

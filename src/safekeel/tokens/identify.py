@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from safekeel import __version__
 from safekeel.chat import format_prompt
+from safekeel.data.leakage import identification_meta
 from safekeel.data.prompts import PromptRecord
 from safekeel.errors import SafekeelError
 from safekeel.fingerprint import model_fingerprint, tokenizer_fingerprint
@@ -121,6 +122,8 @@ def identify_safety_tokens(
             "base_model": model_fingerprint(base),
             "prompt_set": prompt_set,
             "n_prompts": len(prompts),
+            # which prompts, so evaluations can warn when they score these (docs/leakage.md)
+            **identification_meta(prompts),
             "n_kept": len(keep),
             "n_positions": disc.n_positions,
             "responses": "given" if given else "generated",

@@ -44,7 +44,7 @@ def resolve_prompts(options, trained_rows: list[dict], identification_set: str |
     monitor off with one warning (no cached set, FSDP/DeepSpeed, nothing held out)."""
     from safekeel.data.prompts import load_prompts
     from safekeel.data.records import row_prompt
-    from safekeel.text import normalise_text
+    from safekeel.text import normalise_text, prompt_digest
 
     if options.monitor_steps == 0:
         return None, {"status": "off", "why": "--monitor-steps 0"}
@@ -78,6 +78,8 @@ def resolve_prompts(options, trained_rows: list[dict], identification_set: str |
     chosen = [kept[i * len(kept) // n] for i in range(n)]  # spread over the set (its categories come in runs)
     return chosen, {"status": "on", "prompts": spec, "set_size": len(records), "held_out": len(kept),
                     "probe_prompts": [r.id for r in chosen], "probe_tokens": options.monitor_probe_tokens,
+                    # the rollback is tuned on them, so evaluations warn when they score them (docs/leakage.md)
+                    "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen],
                     "every_steps": options.monitor_steps, "first_positions": FIRST_POSITIONS,
                     "warnings": warnings}
 

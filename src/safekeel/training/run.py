@@ -215,6 +215,10 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
         ctx.cache.get("safety_rows", [])  # every prompt this run trains on, the defence's safety rows included
     monitor, summary["monitor"] = build_monitor(trainer, cfg, tok, ids, trained, backend=sharded_backend(args),
                                                 identification_set=tokens.meta.get("prompt_set") if tokens else None)
+    from safekeel.data.leakage import run_record
+
+    # what this run was fitted on, so `eval safety` of its output can warn on overlap (docs/leakage.md)
+    summary["fitted_prompts"] = run_record(cfg.tokens, tokens, rows, trained[len(rows):], summary["monitor"])
     ctx.model = model
     return Prepared(trainer, cfg, examples[:len(ranges["main"])], Collator(pad_id, cache), summary, mode, cache_dir,
                     cache_s, ctx, monitor)
@@ -325,7 +329,12 @@ def _train_locked(cfg: RunConfig, resume: str | None, progress: bool) -> TrainRe
             record["monitor"]["rollbacks"] = prep.monitor.rollbacks
         record.update(status="done", global_step=trainer.state.global_step, metrics=metrics,
                       wall_seconds=round(time.perf_counter() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if record.get("tokens") and getattr(prep.context, "tokens", None) is not None:
+            record["tokens"]["weights"] = prep.context.tokens.weights  # the model card lists them
         atomic_write_json(run_file, record)
+        from safekeel.training.model_card import try_write_model_card
+
+        try_write_model_card(out)  # our README.md replaces the blank one PEFT's save wrote
     return TrainResult(out, trainer.state.global_step, metrics, prep.reference, prep.cache_dir, prep.cache_seconds,
                        prep.summary)
 
