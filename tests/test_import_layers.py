@@ -36,8 +36,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("3 data: tokens", ("tokens",)),
     ("4 defences", ("defences",)),
     ("5 workflows", ("training", "evaluation", "reporting", "experiment")),
-    ("6 top", ("cli", "testing")),
+    ("6 top", ("cli", "testing", "__main__", "integrations", "api", "api_inputs")),
 ]
+# The package root is the lowest layer, yet offers the Python API (`safekeel.train`) by a lazy attribute
+# (PEP 562 `__getattr__`, imported on first access only): that one edge is not an import of the root's.
+FACADE = {"safekeel": {"safekeel.api"}}
 _REGISTRY_ENTRY = re.compile(r"^(safekeel(?:\.\w+)+)(?::\w+)?$")
 
 
@@ -98,7 +101,20 @@ def _imports(name: str, path: Path) -> dict[str, int]:
 
 @cache
 def graph() -> dict[str, dict[str, int]]:
-    return {name: _imports(name, path) for name, path in modules().items()}
+    return {name: {k: v for k, v in _imports(name, path).items() if k not in FACADE.get(name, ())}
+            for name, path in modules().items()}
+
+
+def test_the_package_root_offers_only_the_api_module_lazily():
+    import importlib
+    import subprocess
+
+    assert set(safekeel._LAZY.values()) == {"safekeel.api"}  # the one facade edge, nothing else
+    api = importlib.import_module("safekeel.api")
+    assert all(getattr(safekeel, name) is getattr(api, name) for name in safekeel._LAZY)
+    out = subprocess.run([sys.executable, "-c", "import sys, safekeel; print('safekeel.api' in sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
 
 
 def layer_of(name: str) -> tuple[int, str]:

@@ -49,6 +49,26 @@ def directory_fingerprint(path: str | Path, pattern_files: tuple[str, ...] = ("c
     return h.hexdigest()
 
 
+def weights_digest(model) -> str:
+    """sha256 of a loaded model's config, a sample of its parameter values (first 256 of the first four
+    tensors) and the sum and absolute sum of every tensor: one pass over the weights, so two fine-tunes
+    of one base that differ only in later layers do not share a fingerprint (nor a reference cache)."""
+    import torch
+
+    h = hashlib.sha256(model.config.to_json_string().encode())
+    params = list(model.named_parameters())
+    for _, p in params[:4]:
+        h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
+    sums = []
+    with torch.no_grad():
+        for _, p in params:  # in blocks of 2^24 values: never a float copy of a whole embedding
+            blocks = p.detach().reshape(-1).split(1 << 24)
+            sums += [sum(float(b.double().sum()) for b in blocks), sum(float(b.double().abs().sum()) for b in blocks)]
+    h.update(repr([round(x, 6) for x in sums]).encode())
+    h.update(" ".join(name for name, _ in params).encode())
+    return h.hexdigest()
+
+
 def model_fingerprint(model) -> dict:
     """{"spec", "kind", "sha256", "adapter", "adapter_sha256"} for a model from `load_model`."""
     source = getattr(model, "safekeel_source", None)
@@ -56,17 +76,16 @@ def model_fingerprint(model) -> dict:
     info = {"spec": None, "kind": None, "sha256": None, "adapter": adapter, "adapter_sha256": None}
     if source is not None:
         info.update(spec=source.spec, kind=source.kind)
-        if source.gguf_file:
+        if source.kind == "memory":  # passed to the Python API loaded (models/in_memory.py)
+            info["sha256"] = weights_digest(model)
+        elif source.gguf_file:
             info["sha256"] = file_fingerprint(Path(source.path) / source.gguf_file)
         elif source.kind == "local":
             info["sha256"] = directory_fingerprint(source.path)
         else:
             info["sha256"] = sha256_text(source.path + str(getattr(model.config, "_commit_hash", "")))
     else:  # an in-memory model (tests): hash its config and a few parameter values
-        h = hashlib.sha256(model.config.to_json_string().encode())
-        for _, p in list(model.named_parameters())[:4]:
-            h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
-        info["sha256"] = h.hexdigest()
+        info["sha256"] = weights_digest(model)
     if adapter:
         info["adapter_sha256"] = directory_fingerprint(adapter, ("adapter_config.json",))
     return info

@@ -40,7 +40,13 @@ def spec_fingerprint(spec: str, adapter: str | None = None) -> dict:
     """`model_fingerprint` of the model `spec` would load, computed without loading its weights."""
     from safekeel.models.loader import resolve_source
 
-    stub = SimpleNamespace(safekeel_source=resolve_source(spec), safekeel_adapter=adapter, config=SimpleNamespace())
+    source = resolve_source(spec)
+    stub = SimpleNamespace(safekeel_source=source, safekeel_adapter=adapter, config=SimpleNamespace())
+    if source.kind == "memory":  # a model passed loaded: its weights are at hand, so hash them
+        from safekeel.models.in_memory import lookup
+
+        model = lookup(spec)[0]
+        stub.config, stub.named_parameters = model.config, model.named_parameters
     return model_fingerprint(stub)
 
 
@@ -89,6 +95,8 @@ class VLLMGenerator:
         from safekeel.models.loader import converted_dir, resolve_source, usable_converted_dir
 
         source = resolve_source(spec)
+        if source.kind == "memory":
+            raise SafekeelError("--backend vllm loads the model from a path; a model passed loaded needs --backend hf")
         model_path = source.path
         if source.gguf_file:
             # vLLM's GGUF support needs a separate HF tokenizer; the loader's dequantised safetensors copy

@@ -40,6 +40,10 @@ def resolve_source(spec: str) -> ModelSource:
     from safekeel.models.specs import spec_kind
 
     kind = spec_kind(spec)
+    if kind == "memory":
+        from safekeel.models.in_memory import lookup, model_name
+
+        return ModelSource(spec, "memory", model_name(lookup(spec)[0]))
     path = Path(spec).expanduser()
     if kind == "packaged":
         gguf = packaged.packaged_model_path(spec)
@@ -88,6 +92,10 @@ def load_tokenizer(spec: str | ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = spec if isinstance(spec, ModelSource) else resolve_source(spec)
+    if source.kind == "memory":
+        from safekeel.models.in_memory import lookup
+
+        return lookup(source.spec)[1]
     converted = usable_converted_dir(source)
     try:
         if converted is not None:
@@ -121,6 +129,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     source = resolve_source(spec)
+    if source.kind == "memory":
+        return _in_memory(source, adapter=adapter, device=device, merge_adapter=merge_adapter,
+                          is_trainable=is_trainable, quantised=quantization_config is not None)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -151,6 +162,28 @@ def load_model(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if not quant:  # quantised weights were placed by device_map and cannot be moved
         model.to(dev)
+    model.eval()
+    model.safekeel_source = source  # read by fingerprints
+    model.safekeel_adapter = adapter
+    return model, tokenizer
+
+
+def _in_memory(source: ModelSource, *, adapter, device, merge_adapter, is_trainable, quantised):
+    """The caller's own loaded model (models/in_memory.py): used as it is (its dtype kept), moved only
+    when a device is named, an adapter attached as for any other model."""
+    from safekeel.models.in_memory import lookup
+
+    if quantised:
+        raise SafekeelError("--load-in-4bit needs a model path: a model passed loaded is used as it is")
+    model, tokenizer = lookup(source.spec)
+    if adapter:
+        model = attach_adapter(model, adapter, is_trainable=is_trainable)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    if device not in (None, "auto"):
+        model.to(pick_device(device))
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     model.safekeel_source = source  # read by fingerprints
     model.safekeel_adapter = adapter

@@ -1,7 +1,8 @@
 """What a model argument names, checked without fetching or loading anything.
 
 A model spec is a packaged name (`safekeel.models.packaged`), a local model directory (with a
-config.json), a `.gguf` file, or a hub id (ORG/NAME, checked when loaded). `spec_kind` is the one rule
+config.json), a `.gguf` file, a model passed loaded to the Python API (`memory:…`,
+`safekeel.models.in_memory`), or a hub id (ORG/NAME, checked when loaded). `spec_kind` is the one rule
 both `model_spec` (the cheap command-line check) and `safekeel.models.loader.resolve_source` follow.
 """
 
@@ -16,6 +17,11 @@ from safekeel.models import packaged
 def spec_kind(spec: str, flag: str | None = None) -> str:
     """packaged | gguf | local | hub for a non-empty `spec`, or SafekeelError (naming `flag` when given)."""
     where, named = (f"{flag}: ", f"{flag} ") if flag else ("", "")
+    from safekeel.models import in_memory
+
+    if in_memory.is_memory_spec(spec):
+        in_memory.lookup(spec)  # a one-line error when this process holds no such model
+        return "memory"
     if packaged.is_packaged_model(spec):
         return "packaged"
     path = Path(spec).expanduser()
