@@ -28,6 +28,10 @@ def test_identify_with_given_responses(tiny_pair, tokenizer):
     assert art.meta["n_kept"] == 3 and art.meta["responses"] == "given"
     assert art.meta["aligned_model"]["sha256"] != art.meta["base_model"]["sha256"]
     assert all(r["kept"] for r in rows)
+    # plain strings work as records do (issue 13: `identify_safety_tokens(..., ["how do i ..."])` failed)
+    plain, plain_rows = identify_safety_tokens(aligned, tokenizer, base, tokenizer, [p.prompt for p in PROMPTS], k=10,
+                                               responses=REFUSALS, progress=False)
+    assert plain.token_ids == art.token_ids and [r["id"] for r in plain_rows] == ["prompt-0", "prompt-1", "prompt-2"]
 
 
 def test_identify_keeps_only_refusals(tiny_pair, tokenizer, monkeypatch):

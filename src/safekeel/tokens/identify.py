@@ -50,7 +50,7 @@ def identify_safety_tokens(
     tokenizer,
     base,
     base_tokenizer,
-    prompts: Sequence[PromptRecord],
+    prompts: Sequence[PromptRecord | str],
     *,
     k: int = 50,
     preset: str = "paper",
@@ -61,11 +61,14 @@ def identify_safety_tokens(
     prompt_set: str = "",
     progress: bool = True,
 ) -> tuple[SafetyTokens, list[dict]]:
-    """Returns the artifact and one row per prompt: id, prompt, response, refusal, kept."""
+    """Returns the artifact and one row per prompt: id, prompt, response, refusal, kept. `prompts`: records
+    or plain strings (filed as `prompt-<i>`)."""
     if preset not in PRESETS:
         raise SafekeelError(f"unknown preset {preset!r}; use {' or '.join(PRESETS)}")
     if not prompts:
         raise SafekeelError("the prompt set is empty")
+    prompts = [PromptRecord(f"prompt-{i}", p, source="python") if isinstance(p, str) else p
+               for i, p in enumerate(prompts)]
     check_same_tokenizer(tokenizer, base_tokenizer)
     vocab = len(tokenizer)
     out_rows = aligned.get_output_embeddings().weight.shape[0]
