@@ -53,6 +53,16 @@ def test_tables_from_a_synthetic_results_file(results_csv):
     assert "No finished cells yet." in tables.render([])
 
 
+def test_further_benchmarks_and_judges_get_their_own_asr_columns(results_csv):
+    """Each benchmark's ASR (and each further judge's ASR of the first one) is a column beside the first."""
+    rows = [{**r, "benchmark": "harmbench", "asr_strongreject-heldout": r["asr"] + 0.1,
+             "asr_rubric:m": r["asr"] / 2, "kappa_rubric:m": 0.5} for r in tables.read_csv(results_csv)]
+    text = tables.render(rows)
+    assert ("| defence | lr | n | ASR harmbench (%) | ASR harmbench by rubric:m (%) | ASR strongreject-heldout (%) "
+            "| over-refusal everyday (%) |") in text
+    assert "| initial model | – | 1 | 48.0 | 24.0 | 58.0 | 7.4 | 30.8 | 6.0 | 100.0 |" in text
+
+
 def test_csv_round_trip(tmp_path, results_csv):
     rows = tables.read_csv(results_csv)
     out = tables.write_csv(tmp_path / "again.csv", [{**r, "asr_strongreject": 0.5} for r in rows])

@@ -141,8 +141,8 @@ def test_monitor_plot_only_when_monitor_records_exist(tmp_path):
     from safekeel.reporting.collect import read_train_run
 
     a, b = read_train_run(with_monitor, "a", []), read_train_run(without, "b", [])
-    assert monitor_keys(a.log) == ["monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer",
-                                   "monitor/probe_n", "monitor/safety_n", "monitor/seconds"]
+    assert monitor_keys(a.log) == ["monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer"]
+    assert any("monitor/probe_n" in r and "monitor/seconds" in r for r in a.log)  # logged, just not plotted
     assert monitor_plot(a.log, a.events, "a").startswith(PNG_MAGIC)
     assert "safety monitor every 4 steps, 1 warning(s), 1 rollback(s)" in run_summary(a)
     assert monitor_plot(b.log, b.events, "b") is None

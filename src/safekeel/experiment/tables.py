@@ -124,6 +124,27 @@ def sections(rows: list[dict]) -> list[tuple[str, float | None, list[tuple[tuple
     return out
 
 
+def further_asr_columns(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(further benchmarks, further judges) named by the `asr_<name>` columns, in order of appearance: a
+    further judge's ASR (on the first benchmark) comes with its `kappa_<judge id>` column, a benchmark's not."""
+    skip = {"asr_ci_low", "asr_ci_high", "asr_n"}
+    names = list(dict.fromkeys(k[4:] for r in rows for k in r if k.startswith("asr_") and k not in skip))
+    judges = {k[6:] for r in rows for k in r if k.startswith("kappa_")}
+    return [n for n in names if n not in judges], [n for n in names if n in judges]
+
+
+def table_metrics(rows: list[dict]) -> list[tuple[str, str]]:
+    """(column, header) of a table: the first benchmark's ASR, each further judge's ASR of it and each
+    further benchmark's right after it (every ASR stays beside the over-refusal that qualifies it), then
+    over-refusal, task accuracy and cut-off."""
+    first = next((r.get("benchmark") for r in rows if r.get("benchmark")), None)
+    benchmarks, judges = further_asr_columns(rows)
+    asr = [("asr", f"ASR {first} (%)" if first else "ASR (%)")]
+    asr += [(f"asr_{j}", f"ASR {first or ''} by {j} (%)".replace("  ", " ")) for j in judges]
+    asr += [(f"asr_{name}", f"ASR {name} (%)") for name in benchmarks]
+    return asr + TABLE_METRICS[1:]
+
+
 def _label(group: list[dict]) -> str:
     row = group[0]
     return "initial model" if is_initial(row) else str(row.get("label") or row.get("method"))
@@ -140,13 +161,14 @@ def render(rows: list[dict], meta: dict | None = None) -> str:
                "benign-but-risky sets; cut-off is the share of task answers that used the whole token budget."), ""]
     if not rows:
         return "\n".join(lines + ["No finished cells yet.", ""])
+    metrics = table_metrics(rows)
     for dataset, ratio, grouped in sections(rows):
         title = f"## {dataset}" + (f", harmful ratio {ratio:g}" if ratio is not None else "")
-        lines += [title, "", "| defence | lr | n | " + " | ".join(h for _, h in TABLE_METRICS) + " |",
-                  "|---|---|---|" + "---|" * len(TABLE_METRICS)]
+        lines += [title, "", "| defence | lr | n | " + " | ".join(h for _, h in metrics) + " |",
+                  "|---|---|---|" + "---|" * len(metrics)]
         for key, group in grouped:
             cols = [_label(group), fmt_lr(key[3]), str(len(group))]
-            cols += [fmt_pct([r.get(m) for r in group]) for m, _ in TABLE_METRICS]
+            cols += [fmt_pct([r.get(m) for r in group]) for m, _ in metrics]
             lines.append("| " + " | ".join(cols) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -144,14 +144,17 @@ def overview_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
 
 
 MONITOR_FIRST = ("monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer")
+# bookkeeping of a probe, not a measurement of the model: how many prompts/answers, how long it took
+MONITOR_BOOKKEEPING = ("_n", "/seconds")
 
 
 def monitor_keys(rows: list[dict]) -> list[str]:
-    """Every `monitor/*` key with a number in some row: the safety measurements first, then the rest
-    (probe sizes, seconds) in name order."""
+    """The `monitor/*` measurements with a number in some row: the safety measurements first, then any
+    other in name order; the probe's sizes (`*_n`) and wall time (`seconds`) are not plotted."""
     keys: dict[str, None] = {}
     for row in rows:
-        keys.update(dict.fromkeys(k for k, v in row.items() if k.startswith("monitor/") and _number(v) is not None))
+        keys.update(dict.fromkeys(k for k, v in row.items() if k.startswith("monitor/") and _number(v) is not None
+                                  and not k.endswith(MONITOR_BOOKKEEPING)))
     return [k for k in MONITOR_FIRST if k in keys] + sorted(k for k in keys if k not in MONITOR_FIRST)
 
 
