@@ -226,6 +226,7 @@ def test_lora_two_steps_leave_the_frozen_layers_unchanged(four_layers, tmp_path)
         if "lora_B" in n and (".layers.0." in n or ".layers.2." in n):
             assert not after[n].any(), n
     assert [r["frozen_layers"] for r in logged(out)] == [2.0, 2.0]
+    assert not any("frozen_layers_harmful" in r for r in logged(out))  # a constant per step, not split by rows
 
 
 def test_full_two_steps_leave_the_frozen_layers_unchanged(four_layers, tmp_path):

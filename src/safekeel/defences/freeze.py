@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safekeel.defences.base import Defence, DefenceOptions, LossTerms, StepState
+from safekeel.defences.base import Defence, DefenceOptions
 from safekeel.errors import SafekeelError
 
 log = logging.getLogger(__name__)
@@ -229,14 +229,11 @@ class Freeze(Defence):
                  100 * self.frozen_share)
         return model
 
-    def loss(self, step: StepState) -> LossTerms:
-        """Constants, logged so every step's record says what was frozen: the number of frozen layers and
-        the share of the otherwise trainable parameters they hold (one (value, 1) pair per row [B])."""
-        import torch
-
-        ones = torch.ones(step.mask.shape[0], device=step.mask.device)
-        return LossTerms(stats={"frozen_layers": (ones * len(self.frozen_layers), ones),
-                                "frozen_share": (ones * self.frozen_share, ones)})
+    def before_optimizer_step(self, model, optimizer, state) -> dict:
+        """Constants, logged once per optimizer step so every record says what was frozen: the number of
+        frozen layers and the share of the otherwise trainable parameters they hold (per step, not per row:
+        a harmful/benign split of a constant would mean nothing)."""
+        return {"frozen_layers": float(len(self.frozen_layers)), "frozen_share": float(self.frozen_share)}
 
 
 def _short(layers: list[int]) -> str:
