@@ -40,7 +40,8 @@ def register(sub) -> None:
              help="comma-separated: harmbench, harmbench-val, strongreject, strongreject-small, FILE, hub id")
     add_flag(sp, "prompt-field", default="prompt", help="field holding the prompt in local files")
     add_flag(sp, "judge", default="keyword",
-             help="keyword | llamaguard[:MODEL] | rubric:MODEL | openai:URL[#MODEL] (default keyword); a comma "
+             help="keyword | keyword:gcg (GCG's refusal list, as in the literature) | llamaguard[:MODEL] | "
+                  "rubric:MODEL | openai:URL[#MODEL] (default keyword); a comma "
                   "list (keyword,rubric:MODEL) judges every answer with each: the first gives the ASR, the "
                   "others their own ASR and agreement (Cohen's kappa) with it; a comma followed by a judge name "
                   "starts the next judge")

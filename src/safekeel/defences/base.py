@@ -1,8 +1,8 @@
 """The `Defence` base class: what a training-time defence may hook into, every hook optional.
 
 A defence is one module under `safekeel/defences/` with a `Defence` subclass and an options dataclass,
-plus one line in `registry.DEFENCES` (or a `register_defence` call). The trainer (`training/trainer.py`)
-calls the hooks in this order (docs/design.md, "Defence hooks"):
+plus one line in `registry.DEFENCES` (or a `register_defence` call). The trainer (`training/trainer.py`, its loss
+and hooks in `training/loss_step.py`, shared with the TRL integration) calls the hooks in this order (docs/design.md, "Defence hooks"):
 
     check(cfg)                      cheap checks before anything is loaded (missing inputs: one line)
     setup(ctx)                      the model before adapters, its tokenizer, rows, tokens, device
