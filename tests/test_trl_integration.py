@@ -1,6 +1,9 @@
 """`SafetySFTTrainer` (safekeel.integrations.trl): TRL's SFTTrainer with a defence gives `safekeel train`'s
-loss on the same batch and weights (live and cached reference), trains, keeps TRL's logs, and refuses
-bad inputs with one SafekeelError line."""
+loss on the same batch and weights (live and cached reference), trains, keeps TRL's logs, runs the
+defences with a data plan (lisa, token_weighted) on `safekeel train`'s batches with the same per-step
+losses, and refuses bad inputs with one SafekeelError line."""
+
+import copy
 
 import pytest
 import torch
@@ -180,7 +183,9 @@ def test_a_model_path_is_loaded_as_trl_loads_it(setup, tmp_path):
     ([{"messages": [{"role": "user", "content": "hi"}]}], {}, "no assistant turn"),
     (None, {"tokens": None}, "defence 'pact' needs tokens="),
     (None, {"defence_options": {"lambda_": 3}}, "unknown defence option 'lambda_'"),
-    (None, {"defence": "lisa"}, "not supported in the TRL integration yet"),
+    (None, {"defence": "lisa", "safety_data": "/does/not/exist.jsonl"}, "safety_data: file not found"),
+    (None, {"defence": "token_weighted", "safety_data": "/does/not/exist.jsonl"}, "safety_data: file not found"),
+    (None, {"defence": "asft"}, "defence 'asft' needs base="),
     (None, {"defence": "kl", "reference": "cache"}, "computed live"),
     (None, {"args": "packing"}, "packing=True"),
     (None, {"data_collator": object()}, "does not take data_collator"),
@@ -192,6 +197,86 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, rows, kw, message):
     with pytest.raises(SafekeelError, match=message) as err:
         trl_trainer(setup, tmp_path, rows=rows, **kw)
     assert "\n" not in str(err.value)
+
+
+# -- defences with a data plan (extra rows on a schedule) ------------------------------------------------
+PLANNED = {  # name: (defence options, the schedule's sources for steps 0..3)
+    "lisa": ({"lisa_alignment_steps": 1, "lisa_finetune_steps": 2, "lisa_rho": 1.0},
+             ["safety", "main", "main", "safety"]),
+    "token_weighted": ({"token_weighted_weight": 3, "token_weighted_every": 2}, ["safety", "main", "safety", "main"]),
+}
+
+
+def _planned_logs(trainer) -> list[dict]:
+    return [r for r in trainer.state.log_history if "loss" in r]
+
+
+@pytest.mark.parametrize("defence", list(PLANNED))
+def test_data_plan_defences_train_through_trl(setup, tmp_path, defence):
+    """No longer refused: the safety rows join the training set and each step draws from its scheduled source."""
+    options, sources = PLANNED[defence]
+    tr = trl_trainer(setup, tmp_path, defence=defence, defence_options=options, safety_data=setup["safety"],
+                     args=sft_config(tmp_path, max_steps=4))
+    assert tr.safekeel_summary["plan"] == {"main": 8, "safety": 6} and tr.safekeel_summary["reference"] == "none"
+    assert len(tr.train_dataset) == 14 and tr.batch_plan is not None
+    assert [tr.batch_plan.source_of(s) for s in range(4)] == sources
+    for step, indices in enumerate(tr.batch_plan):  # every micro-batch of a step from its source's rows
+        assert all((i >= 8) == (sources[step] == "safety") for i in indices)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert tr.train().global_step == 4
+    after = dict(tr.model.named_parameters())
+    assert [n for n, p in before.items() if not torch.equal(after[n], p)]
+    logs = _planned_logs(tr)
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and all("ce" in r and "entropy" in r for r in logs)
+    safety = [s == "safety" for s in sources]
+    if defence == "lisa":
+        assert [r["lisa_alignment"] for r in logs] == [float(x) for x in safety]
+        assert logs[2]["step_term"] > 0  # step 2 is inside the state that began at step 1: pulled to its θ̃
+    else:
+        assert all((r["tw_span"] > 0) == x for r, x in zip(logs, safety))
+        assert all(r["tw_weight"] == pytest.approx(1 + 2 * r["tw_span"]) for r in logs)
+
+
+@pytest.mark.parametrize("defence", list(PLANNED))
+def test_data_plan_defences_match_safekeel_train_step_by_step(setup, tmp_path, defence):
+    """Same data, seed, options and weights: the TRL path draws the same batches (the same sources, rows and
+    order) and logs the same per-step loss, CE, defence stats and gradient norm as `safekeel train`."""
+    options, sources = PLANNED[defence]
+    cfg = tiny_config(setup, tmp_path / "sk", method=defence, tokens=None, safety_data=setup["safety"], max_steps=4,
+                      lora_dropout=0.0, monitor_steps=0, seed=3, **options)
+    sk = prepare(cfg, progress=False).trainer
+    args = copy.copy(sk.args)  # the same hyperparameters (converted to an SFTConfig as TRL converts them)
+    args.output_dir = str(tmp_path / "trl")
+    tr = trl_trainer(setup, tmp_path / "trl", defence=defence, defence_options=options, safety_data=setup["safety"],
+                     args=args)
+    sk_params, trl_params = dict(sk.model.named_parameters()), dict(tr.model.named_parameters())
+    assert set(sk_params) == set(trl_params)
+    with torch.no_grad():  # the same weights in both (LoRA A is drawn at random by each)
+        for name, p in trl_params.items():
+            p.copy_(sk_params[name])
+    if defence == "lisa":  # θ̃ before the first switch: the weights training starts from, now the copied ones
+        tr.defence.anchor = [p.detach().clone() for _, p in tr.defence.params]
+    assert [tr.batch_plan.source_of(s) for s in range(4)] == [sk.batch_plan.source_of(s) for s in range(4)] == sources
+    assert list(tr.batch_plan) == list(sk.batch_plan)  # the same dataset indices, step by step
+    sk_batches, trl_batches = list(sk.get_train_dataloader()), list(tr.get_train_dataloader())
+    assert len(sk_batches) == len(trl_batches) == 4
+    for a, b in zip(sk_batches, trl_batches):  # the same rows behind those indices
+        assert set(a) == set(b)
+        for key, value in a.items():
+            torch.testing.assert_close(b[key], value, msg=key)
+    sk.train()
+    tr.train()
+    sk_logs, trl_logs = _planned_logs(sk), _planned_logs(tr)
+    assert [r["step"] for r in trl_logs] == [r["step"] for r in sk_logs] == [1, 2, 3, 4]
+    keys = ["loss", "ce", "grad_norm", *(["lisa_alignment", "step_term"] if defence == "lisa" else
+                                         ["tw_weight", "tw_span"])]
+    for key in keys:
+        torch.testing.assert_close(torch.tensor([r[key] for r in trl_logs], dtype=torch.float64),
+                                   torch.tensor([r[key] for r in sk_logs], dtype=torch.float64), msg=key)
+    if defence == "lisa":
+        assert sk_logs[2]["step_term"] > 0  # the proximal term was really compared
+    for name, p in dict(sk.model.named_parameters()).items():  # and the weights after the 4 steps
+        torch.testing.assert_close(dict(tr.model.named_parameters())[name], p, msg=name)
 
 
 def test_tokens_of_another_tokenizer_are_refused(setup, tmp_path):

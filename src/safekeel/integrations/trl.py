@@ -15,6 +15,10 @@ What it does differently from `SFTTrainer`, and why:
 - its batches come from safekeel's `Collator` (answer frame, no-prompt view, cached reference logits);
 - its loss is `DefenceLossMixin.compute_loss` (training/loss_step.py), the very code `safekeel train`
   runs, so on the same batch and weights both give the same loss (tests/test_trl_integration.py);
+- a defence with a data plan (lisa, token_weighted: extra rows such as refusals, and a schedule of which
+  source each optimizer step draws from) gets its rows appended to the training set and its batches from
+  `PlannedBatches`, built by the helpers `safekeel train` uses (`training/run.py`: `plan_examples`,
+  `planned_batches`) and drawn by the mixin's `get_train_dataloader`, so both runs see the same batches;
 - the reference (the model before this training) is the one-off cache of its K-logits
   (`reference="cache"`, training/cache.py, built here before TRL wraps the model) or live
   (`reference="live"`: with LoRA the same model with adapters off, with full fine-tuning a frozen copy);
@@ -51,7 +55,8 @@ class SafetySFTTrainer(DefenceLossMixin, SFTTrainer):
       (default $SAFEKEEL_CACHE/reference);
     - base, safety_data: the inputs some defences need (`safekeel methods` lists them).
     train_dataset / eval_dataset: conversational rows, `messages` or `prompt` + `completion` message lists.
-    After construction `safekeel_summary` holds the reference mode, cache directory and data counts."""
+    After construction `safekeel_summary` holds the reference mode, cache directory and data counts (and,
+    for a defence with a data plan, the rows of each source under "plan")."""
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None, processing_class=None, *,
                  defence: str | Defence = "pact", defence_options: dict | None = None, tokens=None,
@@ -61,13 +66,17 @@ class SafetySFTTrainer(DefenceLossMixin, SFTTrainer):
 
         from safekeel.training.collate import Collator, encode_rows
         from safekeel.training.reference import is_peft
-        from safekeel.training.run import _batcher, _fit_context
+        from safekeel.training.run import _batcher, _fit_context, plan_examples, planned_batches
 
         trl_inputs.refuse_kwargs(kwargs)
         if reference not in ("auto", "cache", "live"):
             raise SafekeelError(f"reference must be auto, cache or live, got {reference!r}")
         args = trl_inputs.sft_args(args, model)
         the = trl_inputs.resolve_defence(defence, defence_options)
+        if safety_data is not None:  # checked before anything loads, as `safekeel train` checks --safety-data
+            from safekeel.data.safety_data import safety_data_spec
+
+            safety_data_spec(safety_data, "safety_data")
         model, tok = trl_inputs.model_and_tokenizer(model, processing_class, args, kwargs)
         given = {"tokens": tokens, "base": base, "safety_data": safety_data}
         for name, what in the.needs().items():
@@ -94,6 +103,9 @@ class SafetySFTTrainer(DefenceLossMixin, SFTTrainer):
         ctx = TrainContext(config=cfg, model=model, tokenizer=tok, rows=rows, tokens=art, device=device, args=args,
                            output_dir=Path(args.output_dir), batcher=_batcher(tok, max_length, pad_id, device))
         the.setup(ctx)
+        data_plan = the.data_plan(ctx)  # extra sources (e.g. refusals) and their schedule, as in `safekeel train`
+        examples, ranges = plan_examples(data_plan, examples, tok, max_length=max_length, post_positions=post)
+        batch_plan = planned_batches(data_plan, ranges, args, args.seed) if data_plan else None
         plan = trl_reference.before_wrapping(the, reference, model=model, tok=tok, tokens=art,
                                              examples=examples + _flat(evals), args=args, device=device,
                                              cache_dir=reference_cache_dir, full=full)
@@ -107,11 +119,13 @@ class SafetySFTTrainer(DefenceLossMixin, SFTTrainer):
         for callback in the.callbacks():
             self.add_callback(callback)
         live = trl_reference.live_reference(plan, the, self.model, ids, examples, pad_id, device)
-        self._init_defence(the, live, ids)
+        self._init_defence(the, live, ids, batch_plan)
         ctx.model = self.model
         self._defence_ctx = ctx
         self.safekeel_summary = {"defence": the.name, "reference": plan.mode, "cache_dir": plan.cache_dir,
                                  "data": summary, "tokens": art.k if art is not None else None}
+        if data_plan:  # rows per source ({"main": n, "safety": m}), as safekeel_run.json's data.plan
+            self.safekeel_summary["plan"] = {name: len(r) for name, r in ranges.items()}
 
     # -- TRL's behaviour kept ----------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

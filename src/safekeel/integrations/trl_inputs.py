@@ -131,10 +131,6 @@ def resolve_defence(defence, options: dict | None):
         the = cls(cls.options_class.build(_option_names(cls.options_class, dict(options or {}))))
     else:
         raise SafekeelError(f"defence must be a registered name or a Defence, got {type(defence).__name__}")
-    if type(the).data_plan is not Defence.data_plan:
-        raise SafekeelError(f"defence {the.name!r} draws extra datasets on a schedule (a data plan), which is not "
-                            "supported in the TRL integration yet; use `safekeel train --method "
-                            f"{the.name}`")
     return the
 
 

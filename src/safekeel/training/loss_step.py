@@ -15,6 +15,10 @@ log-sum-exp come from the same forward's logits, in one fused pass with the CE
 (`losses.answer_token_terms`), and logits are only made from the first answer column on
 (`logits_to_keep`, when the model takes it).
 
+Data plan: with a defence's `DataPlan` (`batch_plan`, a `PlannedBatches`, training/data_plan.py) the
+training loader (`get_train_dataloader`) draws every micro-batch of an optimizer step from the source
+the plan's schedule names, and `StepState.source` tells the defence which one it is.
+
 Logged (means since the last log, each also `_harmful` / `_benign` by the rows' `harmful` flag): ce,
 kl, gate_first_n (mean gate on the first N answer positions), safety_mass_ft, safety_mass_ref (total
 probability on S, when the reference's log-sum-exp is known). A non-finite loss stops training with a
@@ -34,8 +38,9 @@ _GROUPS = ("", "_harmful", "_benign")
 
 
 class DefenceLossMixin:
-    """`compute_loss`, the optimizer-step hooks and the logs of a defence; put it before the Trainer class
-    in the bases and call `_init_defence` right after the Trainer's own `__init__`."""
+    """`compute_loss`, the optimizer-step hooks, the data plan's training loader and the logs of a defence;
+    put it before the Trainer class in the bases and call `_init_defence` right after the Trainer's own
+    `__init__`."""
 
     def _init_defence(self, defence: Defence, reference=None, safety_ids: torch.Tensor | None = None,
                       batch_plan=None) -> None:
@@ -114,6 +119,18 @@ class DefenceLossMixin:
             acc[0] = torch.stack([per_step.detach().float(), acc.new_ones(())])
             self._sums["step_term"] = self._sums.get("step_term", 0) + acc
         return (loss, out) if return_outputs else loss
+
+    # -- data plan -------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """The Trainer's loader, or with a data plan (`batch_plan`, a `PlannedBatches`) one whose every
+        micro-batch comes from the source the plan's schedule names for its optimizer step."""
+        if self.batch_plan is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_plan, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
 
     def _answer_metrics(self, z: torch.Tensor, targets: torch.Tensor, inputs: dict) -> None:
         """Called with the answer positions' logits z [N, V] (detached) and targets [N] on every micro-batch;

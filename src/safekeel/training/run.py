@@ -148,11 +148,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     plan = defence.data_plan(ctx)
     post = defence.post_positions() if defence.reference == "safety" else 0
     examples, enc_summary = encode_rows(tok, rows, max_length=max_length, post_positions=post)
-    ranges = {"main": range(len(examples))}
-    for name, source_rows in (plan.sources.items() if plan else ()):
-        extra, _ = encode_rows(tok, source_rows, max_length=max_length, post_positions=post)
-        ranges[name] = range(len(examples), len(examples) + len(extra))
-        examples = examples + extra
+    examples, ranges = plan_examples(plan, examples, tok, max_length=max_length, post_positions=post)
     ids = tokens.ids_tensor() if tokens is not None else None
     model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
                 "load_in_4bit": cfg.lora.load_in_4bit}
@@ -200,7 +196,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
                "distributed": {"world_size": args.world_size, "device": str(args.device)}}
     if plan:
         summary["data"]["plan"] = {name: len(r) for name, r in ranges.items()}
-    batch_plan = _batch_plan(plan, ranges, args, cfg) if plan else None
+    batch_plan = planned_batches(plan, ranges, args, cfg.training.seed) if plan else None
     try:
         trainer = SafekeelTrainer(
             model=model, args=args, train_dataset=ExampleDataset(examples), data_collator=Collator(pad_id, cache),
@@ -243,14 +239,30 @@ def _batcher(tokenizer, max_length: int, pad_id: int, device):
     return batches
 
 
-def _batch_plan(plan, ranges: dict, args, cfg: RunConfig):
+def plan_examples(plan, examples: list[dict], tokenizer, *, max_length: int, post_positions) -> tuple[list, dict]:
+    """(examples, ranges): the user's encoded `examples` followed by each source of the defence's `DataPlan`
+    (`plan`, or None), encoded the same way, and {source: range of indices}, "main" first. Shared by
+    `prepare` and the TRL integration (integrations/trl.py), so both train on the same rows."""
+    from safekeel.training.collate import encode_rows
+
+    ranges = {"main": range(len(examples))}
+    for name, source_rows in (plan.sources.items() if plan else ()):
+        extra, _ = encode_rows(tokenizer, source_rows, max_length=max_length, post_positions=post_positions)
+        ranges[name] = range(len(examples), len(examples) + len(extra))
+        examples = examples + extra
+    return examples, ranges
+
+
+def planned_batches(plan, ranges: dict, args, seed: int):
+    """The `PlannedBatches` sampler of `plan` over `ranges` (from `plan_examples`), sized by the training
+    arguments `args` (batch size, accumulation, processes); shared with the TRL integration."""
     from safekeel.training.data_plan import PlannedBatches, steps_per_epoch
 
     spe = steps_per_epoch(len(ranges["main"]), args.per_device_train_batch_size, args.gradient_accumulation_steps,
                           args.world_size)
     return PlannedBatches(ranges, plan.schedule, batch_size=args.per_device_train_batch_size,
                           accumulation=args.gradient_accumulation_steps, world_size=args.world_size,
-                          steps_per_epoch=spe, seed=cfg.training.seed)
+                          steps_per_epoch=spe, seed=seed)
 
 
 def _fit_context(max_length: int, model, tokenizer) -> int:

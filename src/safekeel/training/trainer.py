@@ -7,7 +7,7 @@ progress bar and `report_to` (TensorBoard, ...) behave as in TRL. For users of T
 
 The loss, the defence's per-step hooks and the logged stats live in `training/loss_step.py`
 (`DefenceLossMixin`, shared with the TRL integration, so the two cannot drift; docs/design.md,
-"Normalisation across batches"); this class adds a `DataPlan`'s schedule through `PlannedBatches`.
+"Normalisation across batches"), as is the training loader of a `DataPlan`'s schedule (`PlannedBatches`).
 `JsonlLogger` writes `train_log.jsonl`.
 """
 
@@ -31,16 +31,6 @@ class SafekeelTrainer(DefenceLossMixin, Trainer):
     def __init__(self, *args, defence: Defence, reference=None, safety_ids=None, batch_plan=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_defence(defence, reference, safety_ids, batch_plan)
-
-    # -- data plan -------------------------------------------------------------------------------
-    def get_train_dataloader(self):
-        if self.batch_plan is None:
-            return super().get_train_dataloader()
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_plan, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-        return self.accelerator.prepare(loader)
 
 
 class JsonlLogger(TrainerCallback):
