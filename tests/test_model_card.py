@@ -192,3 +192,14 @@ def test_train_then_eval_task_writes_and_updates_the_card(tmp_path):
                  "--max-new-tokens", "4", "--output-dir", str(tmp_path / "eval"), "--no-progress"]) == 0
     text = (out / "README.md").read_text()
     assert "| accuracy, arith |" in text and "Not measured yet: attack success rate" in text
+
+
+def test_a_model_passed_loaded_is_named_as_it_was_loaded(tmp_path):
+    """`safekeel.train(model_object, ...)` records `memory:NAME@FP`; the card names NAME (a hub id here, so
+    the front matter and the loading snippet name it too), never the in-process spec."""
+    spec = "memory:HuggingFaceTB/SmolLM2-135M-Instruct@0123456789ab"
+    run = _run(tmp_path, base=spec, model={"spec": spec, "kind": "memory", "sha256": "cd" * 32})
+    text = mc.build_model_card(run)
+    assert "memory:" not in text
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in text
+    assert "from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct')" in text

@@ -109,7 +109,10 @@ def _hub_datasets(options: dict) -> list[str]:
 
 
 def _base(run: dict) -> str:
-    return str((run.get("model") or {}).get("spec") or (run.get("options") or {}).get("model"))
+    """The base model's name: its spec, or for a model passed loaded to `safekeel.train` (`memory:NAME@FP`,
+    models/in_memory.py) the name it was loaded under (its config's `_name_or_path`)."""
+    spec = str((run.get("model") or {}).get("spec") or (run.get("options") or {}).get("model"))
+    return spec.removeprefix("memory:").rsplit("@", 1)[0] if spec.startswith("memory:") else spec
 
 
 # ---- sections --------------------------------------------------------------------------------------
