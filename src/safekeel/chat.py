@@ -73,3 +73,13 @@ def end_of_turn_ids(tokenizer) -> list[int]:
         if marker in vocab and vocab[marker] not in ids:
             ids.append(int(vocab[marker]))
     return ids
+
+
+def prepare_tokenizer(tokenizer):
+    """Set a tokenizer up for batched generation (left padding, a pad token), in place; returns it. Used by
+    the loader and for a tokenizer passed to the Python API, so both generate alike."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        # Reusing eos as pad is safe because attention masks hide padding and labels mask it out.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -61,44 +59,26 @@ def before_wrapping(defence, reference: str, *, model, tok, tokens, examples: li
 
 
 def live_reference(plan: ReferencePlan, defence, model, ids, examples: list[dict], pad_id: int, device):
-    """The live `SafetyReference` of `plan` (None unless its mode is "live"), self-checked on two rows."""
+    """The live `SafetyReference` of `plan` (None unless its mode is "live"), as `safekeel train` makes it."""
     if plan.mode != "live":
         return None
-    from safekeel.training.collate import Collator
-    from safekeel.training.reference import SafetyReference
-    from safekeel.training.run import _self_check
+    from safekeel.training.run import live_reference as shared
 
-    live = SafetyReference(plan.frozen if plan.frozen is not None else model, ids)
-    if defence.reference in ("safety", "target"):
-        _self_check(live, Collator(pad_id), examples, device, defence.reference)
-    return live
+    return shared(defence, plan.frozen if plan.frozen is not None else model, ids, examples, pad_id, device)
 
 
 def build_cache(model, tok, tokens, examples: list[dict], args, device, root_dir, *, required: bool):
-    """(ReferenceCache, its directory) of the reference's K-logits for `examples`, computed now with the model
-    before training (adapters off for a PEFT model); (None, None) when `auto` finds it too big for the disk."""
-    from safekeel.fingerprint import model_fingerprint, tokenizer_fingerprint
-    from safekeel.models.loader import cache_root
-    from safekeel.training import cache as cache_mod
-    from safekeel.training.collate import Collator
-    from safekeel.training.reference import SafetyReference
-    from safekeel.training.run import _self_check
+    """(ReferenceCache, its directory) of the reference's K-logits for `examples` (`run.build_reference_cache`,
+    as `safekeel train` builds it); (None, None) when `auto` finds it too big for the disk."""
+    from safekeel.fingerprint import model_fingerprint
+    from safekeel.training.run import build_reference_cache
 
     model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
                 "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False))}
-    fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
-                               safety_ids=tokens.token_ids, examples=examples)
-    root = Path(root_dir or (cache_root() / "reference")) / fp[:32]
-    ok, why = cache_mod.fits(examples, tokens.k, root.parent)
-    if not ok and not required:
-        log.warning("reference cache would not fit (%s): using the live reference", why)
-        return None, None
-    plain = Collator(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    ref = SafetyReference(model, tokens.ids_tensor())  # the model before training is the reference
-    _self_check(ref, plain, examples, device)
-    t0 = time.perf_counter()
-    cache = cache_mod.build(root, fp, examples, ref, plain, batch_size=max(1, args.per_device_eval_batch_size),
-                            device=device, process_index=args.process_index, world_size=args.world_size,
-                            progress=not args.disable_tqdm)
-    log.info("reference cache %s: %.1f s", root, time.perf_counter() - t0)
-    return cache, str(root)
+    cache, root, seconds = build_reference_cache(
+        model, tok, tokens, examples, model_fp=model_fp, root_dir=root_dir, required=required,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        batch_size=max(1, args.per_device_eval_batch_size), device=device, args=args, progress=not args.disable_tqdm)
+    if cache is not None:
+        log.info("reference cache %s: %.1f s", root, seconds)
+    return cache, root

@@ -36,16 +36,14 @@ def model_name(model) -> str:
 def register(model, tokenizer) -> str:
     """File (model, tokenizer) and return its spec. The tokenizer is set up as `load_tokenizer` sets up
     its own (left padding for batched generation, a pad token), as TRL does with the one it is given."""
+    from safekeel.chat import prepare_tokenizer
     from safekeel.fingerprint import weights_digest
 
     if tokenizer is None:
         raise SafekeelError("a loaded model needs its tokenizer: pass tokenizer=...")
     if not callable(getattr(model, "forward", None)) or not hasattr(model, "config"):
         raise SafekeelError(f"expected a transformers model, got {type(model).__name__}")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        # reusing eos as pad is safe because attention masks hide padding and labels mask it out
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    prepare_tokenizer(tokenizer)
     spec = f"{PREFIX}{model_name(model)}@{weights_digest(model)[:12]}"
     with _lock:
         _models[spec] = (model, tokenizer)

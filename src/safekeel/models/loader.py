@@ -104,11 +104,9 @@ def load_tokenizer(spec: str | ModelSource, *, trust_remote_code: bool = False):
             tok = AutoTokenizer.from_pretrained(source.path, **_hub_kwargs(source, trust_remote_code))
     except OSError as exc:
         raise SafekeelError(f"could not load the tokenizer of {source.spec}: {str(exc).splitlines()[0]}") from None
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        # Reusing eos as pad is safe because attention masks hide padding and labels mask it out.
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    return tok
+    from safekeel.chat import prepare_tokenizer
+
+    return prepare_tokenizer(tok)
 
 
 def load_model(

@@ -123,11 +123,10 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     from safekeel.defences.base import TrainContext
     from safekeel.defences.registry import defence_class
     from safekeel.fingerprint import file_fingerprint, model_fingerprint, tokenizer_fingerprint
-    from safekeel.training import cache as cache_mod
     from safekeel.training.checkpoints import RecordOptions
     from safekeel.training.collate import Collator, ExampleDataset, encode_rows
     from safekeel.training.data import load_rows
-    from safekeel.training.reference import NaiveReference, SafetyReference
+    from safekeel.training.reference import NaiveReference
     from safekeel.training.trainer import JsonlLogger, SafekeelTrainer
 
     # transformers' own Trainer calls its deprecated alias every step; not the user's concern
@@ -155,26 +154,14 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
 
     mode, cache, cache_dir, cache_s, live, frozen = "none", None, None, 0.0, None, None
     if defence.reference is not None:
-        plain = Collator(pad_id)
         if reference_impl == "naive":  # a second full copy and full-vocabulary forwards, as the authors do
             live, mode = NaiveReference(copy.deepcopy(model).requires_grad_(False).eval(), ids), "naive"
         elif defence.reference == "safety" and cfg.reference_cache != "off":
-            from safekeel.models.loader import cache_root
-
-            fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
-                                       safety_ids=tokens.token_ids, examples=examples)
-            root = Path(cfg.reference_cache_dir or (cache_root() / "reference")) / fp[:32]
-            ok, why = cache_mod.fits(examples, tokens.k, root.parent)
-            if ok or cfg.reference_cache == "on":
-                ref = SafetyReference(model, ids)  # the model before training is the reference
-                _self_check(ref, plain, examples, args.device)
-                t0 = time.perf_counter()
-                cache = cache_mod.build(root, fp, examples, ref, plain, batch_size=cfg.reference_batch_size,
-                                        device=args.device, process_index=args.process_index,
-                                        world_size=args.world_size, progress=progress and not cfg.training.disable_tqdm)
-                cache_s, cache_dir, mode = time.perf_counter() - t0, str(root), "cache"
-            else:
-                log.warning("reference cache would not fit (%s): using the live reference", why)
+            cache, cache_dir, cache_s = build_reference_cache(
+                model, tok, tokens, examples, model_fp=model_fp, root_dir=cfg.reference_cache_dir,
+                required=cfg.reference_cache == "on", pad_id=pad_id, batch_size=cfg.reference_batch_size,
+                device=args.device, args=args, progress=progress and not cfg.training.disable_tqdm)
+            mode = "cache" if cache is not None else mode
         if mode == "none":
             mode = "live"
             _check_live_reference_is_supported(args, defence.reference)
@@ -184,9 +171,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
         model = add_lora(model, cfg)
     model = defence.configure_model(model)
     if mode == "live":
-        live = SafetyReference(frozen if frozen is not None else model, ids)
-        if defence.reference in ("safety", "target"):
-            _self_check(live, Collator(pad_id), examples, args.device, defence.reference)
+        live = live_reference(defence, frozen if frozen is not None else model, ids, examples, pad_id, args.device)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {"data": {**data_summary, **enc_summary}, "model": model_fp, "tokenizer_sha256": tokenizer_fingerprint(tok),
@@ -288,6 +273,46 @@ def _check_live_reference_is_supported(args, kind: str) -> None:
     if backend:
         raise SafekeelError(f"the {kind} reference (--method kl, --kl-scope full, constrained_sft) is computed live, "
                             f"which {backend} does not allow here; use DDP (plain `accelerate launch` / torchrun)")
+
+
+def build_reference_cache(model, tok, tokens, examples: list[dict], *, model_fp: dict, root_dir: str | None,
+                          required: bool, pad_id: int, batch_size: int, device, args, progress: bool):
+    """(ReferenceCache, its directory, seconds) of the reference's K safety logits for `examples`, computed
+    now with the model before training (adapters off for a PEFT model), self-checked first; (None, None, 0)
+    when it would not fit on disk and is not `required` (the caller then uses the live reference).
+    Shared by `prepare` and the TRL integration (integrations/trl_reference.py)."""
+    from safekeel.fingerprint import tokenizer_fingerprint
+    from safekeel.models.loader import cache_root
+    from safekeel.training import cache as cache_mod
+    from safekeel.training.collate import Collator
+    from safekeel.training.reference import SafetyReference
+
+    fp = cache_mod.fingerprint(model_fp=model_fp, tokenizer_fp=tokenizer_fingerprint(tok),
+                               safety_ids=tokens.token_ids, examples=examples)
+    root = Path(root_dir or (cache_root() / "reference")) / fp[:32]
+    ok, why = cache_mod.fits(examples, tokens.k, root.parent)
+    if not ok and not required:
+        log.warning("reference cache would not fit (%s): using the live reference", why)
+        return None, None, 0.0
+    plain = Collator(pad_id)
+    ref = SafetyReference(model, tokens.ids_tensor())  # the model before training is the reference
+    _self_check(ref, plain, examples, device)
+    t0 = time.perf_counter()
+    cache = cache_mod.build(root, fp, examples, ref, plain, batch_size=batch_size, device=device,
+                            process_index=args.process_index, world_size=args.world_size, progress=progress)
+    return cache, str(root), time.perf_counter() - t0
+
+
+def live_reference(defence, model, ids, examples: list[dict], pad_id: int, device):
+    """The live `SafetyReference` on `model` (a frozen copy, or the PEFT model whose adapters it turns
+    off), checked once against the full forward. Shared by `prepare` and the TRL integration."""
+    from safekeel.training.collate import Collator
+    from safekeel.training.reference import SafetyReference
+
+    live = SafetyReference(model, ids)
+    if defence.reference in ("safety", "target"):
+        _self_check(live, Collator(pad_id), examples, device, defence.reference)
+    return live
 
 
 def _self_check(ref, collator, examples, device, kind: str = "safety") -> None:
