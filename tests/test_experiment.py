@@ -185,8 +185,15 @@ def test_changed_settings_are_refused_never_mixed(tiny_dirs, prompts_file, tmp_p
     run(load_grid(changed), lines, dry_run=True)
     assert lines[0].startswith("changed     initial__arith  (eval.limit: 2 -> 3)")
     # --rerun-changed reruns them and keeps the finished training runs (only the evaluation changed)
+    first = json.loads((cells / "sft__arith__r0__lr2e-4__s1" / "cell.json").read_text())
     report = run(load_grid(changed), runner=fake, rerun_changed=True)
     assert len(report.ran) == 5 and (cells / "sft__arith__r0__lr2e-4__s1" / "train" / "marker").is_file()
+    # the first run's times and numbers are kept beside the rerun's, with what changed
+    again = json.loads((cells / "sft__arith__r0__lr2e-4__s1" / "cell.json").read_text())
+    assert again["earlier"] == [{"change": "eval.limit: 2 -> 3", "fingerprint": first["fingerprint"],
+                                 "started": first["started"], "finished": first["finished"], "wall": first["wall"],
+                                 "metrics": first["metrics"], "safekeel_version": first["safekeel_version"]}]
+    assert again["fingerprint"] != first["fingerprint"] and again["status"] == "done"
     # a training setting changed: the old training run is removed before the cell runs again
     (cells / "sft__arith__r0__lr2e-4__s1" / "train" / "old").write_text("x")
     retrain = {**changed, "train": {**base["train"], "num_examples": 6}}
@@ -194,6 +201,8 @@ def test_changed_settings_are_refused_never_mixed(tiny_dirs, prompts_file, tmp_p
         run(load_grid(retrain), runner=FakeCells())
     run(load_grid(retrain), runner=FakeCells(), rerun_changed=True, only=["sft__*s1"])
     assert not (cells / "sft__arith__r0__lr2e-4__s1" / "train" / "old").exists()
+    # retrained from scratch: nothing of the old runs is carried over as if it belonged to this one
+    assert "earlier" not in json.loads((cells / "sft__arith__r0__lr2e-4__s1" / "cell.json").read_text())
     # tables never mix: cells of the old settings are left out (the initial model trains nothing: still valid)
     rows = read_csv(tmp_path / "g" / "results.csv")
     assert [r["cell"] for r in rows] == ["initial__arith", "sft__arith__r0__lr2e-4__s1"]

@@ -164,18 +164,25 @@ def _refuse(states: dict[str, tuple[str, str]]) -> None:
         raise SafekeelError(f"cell {cid} {what} ({why}){more}; use --rerun-changed or another output dir")
 
 
-def _start(grid: Grid, cell: Cell, fp: dict, state: str, rerun_changed: bool) -> dict:
+def _start(grid: Grid, cell: Cell, fp: dict, state: str, why: str, rerun_changed: bool) -> dict:
     cdir = cell_path(grid, cell)
     old = read_record(cdir) if state == "changed" else None
-    if state == "foreign" or (state == "changed" and (old or {}).get("train_fingerprint") != fp["train_fingerprint"]):
+    kept = state == "changed" and (old or {}).get("train_fingerprint") == fp["train_fingerprint"]
+    if state == "foreign" or (state == "changed" and not kept):
         assert rerun_changed
         for sub in ("train", "eval"):
             if (cdir / sub).exists():
                 shutil.rmtree(cdir / sub)
+    # a rerun that keeps the training run (only the evaluation changed, e.g. a judge added) would otherwise
+    # overwrite the first run's wall times and numbers: they stay under `earlier`, newest last
+    earlier = (old.get("earlier") or []) + [{
+        "change": why, "fingerprint": old.get("fingerprint"), "started": old.get("started"),
+        "finished": old.get("finished"), "wall": old.get("wall"), "metrics": old.get("metrics"),
+        "safekeel_version": old.get("safekeel_version")}] if kept and old else []
     record = {"cell": cell.id, "label": cell.label, "status": "running", **fp,
               "settings_sha256": cell.settings_sha256(), "settings": cell.to_dict(), "metrics": None,
               "wall": None, "warnings": [], "error": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "finished": None, "safekeel_version": __version__}
+              "finished": None, "safekeel_version": __version__, **({"earlier": earlier} if earlier else {})}
     atomic_write_json(cdir / CELL_FILE, record)
     return record
 
@@ -219,7 +226,7 @@ def run_grid(grid: Grid, *, runner: Runner | None = None, only: list[str] | None
                 report.skipped.append(cell.id)
                 echo(f"{head}: done earlier, skipped")
                 continue
-            record = _start(grid, cell, fps[cell.id], state, rerun_changed)
+            record = _start(grid, cell, fps[cell.id], state, states[cell.id][1], rerun_changed)
             echo(f"{head} … running" + (" (resuming)" if state in ("failed", "interrupted") else ""))
             t0 = time.perf_counter()
             try:
