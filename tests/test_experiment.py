@@ -211,6 +211,24 @@ def test_changed_settings_are_refused_never_mixed(tiny_dirs, prompts_file, tmp_p
     assert [c.settings_sha256() for c in load_grid(relabelled).cells] == [c.settings_sha256() for c in load_grid(retrain).cells]
 
 
+def test_earlier_runs_survive_a_failed_rerun_and_its_resume(tiny_dirs, prompts_file, tmp_path):
+    base = grid_dict(tiny_dirs, prompts_file, tmp_path / "g", seeds=[1])
+    run(load_grid(base), runner=FakeCells())
+    cell_json = tmp_path / "g" / "cells" / "sft__arith__r0__lr2e-4__s1" / "cell.json"
+    first = json.loads(cell_json.read_text())
+    changed = {**base, "eval": {**base["eval"], "limit": 3}}
+    report = run(load_grid(changed), runner=FakeCells(fail=["sft__arith__r0__lr2e-4__s1"]), rerun_changed=True,
+                 only=["sft__*"])
+    failed = json.loads(cell_json.read_text())
+    assert report.failed and failed["status"] == "failed"
+    assert [e["started"] for e in failed["earlier"]] == [first["started"]]
+    # resumed without --rerun-changed (same settings now): the first run's record is carried on, once
+    run(load_grid(changed), runner=FakeCells(), only=["sft__*"])
+    done = json.loads(cell_json.read_text())
+    assert done["status"] == "done" and done["earlier"] == failed["earlier"]
+    assert done["earlier"][0]["wall"] == first["wall"] and done["earlier"][0]["change"] == "eval.limit: 2 -> 3"
+
+
 def test_a_cell_directory_without_cell_json_is_refused(tiny_dirs, prompts_file, tmp_path):
     grid = load_grid(grid_dict(tiny_dirs, prompts_file, tmp_path / "g", seeds=[1]))
     (tmp_path / "g" / "cells" / "initial__arith" / "eval").mkdir(parents=True)

@@ -166,23 +166,26 @@ def _refuse(states: dict[str, tuple[str, str]]) -> None:
 
 def _start(grid: Grid, cell: Cell, fp: dict, state: str, why: str, rerun_changed: bool) -> dict:
     cdir = cell_path(grid, cell)
-    old = read_record(cdir) if state == "changed" else None
-    kept = state == "changed" and (old or {}).get("train_fingerprint") == fp["train_fingerprint"]
+    old = (read_record(cdir) or {}) if state in ("changed", "failed", "interrupted") else {}
+    kept = state == "changed" and old.get("train_fingerprint") == fp["train_fingerprint"]
     if state == "foreign" or (state == "changed" and not kept):
         assert rerun_changed
         for sub in ("train", "eval"):
             if (cdir / sub).exists():
                 shutil.rmtree(cdir / sub)
-    # a rerun that keeps the training run (only the evaluation changed, e.g. a judge added) would otherwise
-    # overwrite the first run's wall times and numbers: they stay under `earlier`, newest last
-    earlier = (old.get("earlier") or []) + [{
-        "change": why, "fingerprint": old.get("fingerprint"), "started": old.get("started"),
-        "finished": old.get("finished"), "wall": old.get("wall"), "metrics": old.get("metrics"),
-        "safekeel_version": old.get("safekeel_version")}] if kept and old else []
     record = {"cell": cell.id, "label": cell.label, "status": "running", **fp,
               "settings_sha256": cell.settings_sha256(), "settings": cell.to_dict(), "metrics": None,
               "wall": None, "warnings": [], "error": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "finished": None, "safekeel_version": __version__, **({"earlier": earlier} if earlier else {})}
+              "finished": None, "safekeel_version": __version__}
+    # A rerun that keeps the training run (only the evaluation changed, e.g. a judge added) would otherwise
+    # overwrite the first run's wall times and numbers: they stay under `earlier`, newest last, and a
+    # resumed (failed or interrupted) run carries them on. A retrained cell starts without them.
+    earlier = list(old.get("earlier") or []) if kept or state in ("failed", "interrupted") else []
+    if kept:
+        earlier.append({key: old.get(key) for key in ("fingerprint", "started", "finished", "wall", "metrics",
+                                                      "safekeel_version")} | {"change": why})
+    if earlier:
+        record["earlier"] = earlier
     atomic_write_json(cdir / CELL_FILE, record)
     return record
 
