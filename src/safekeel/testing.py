@@ -207,8 +207,10 @@ def one_and_two_ranks(setup: dict, root, options: dict, *, port: int) -> tuple[d
     script.write_text(_DDP_SCRIPT)
     args = [str(script), json.dumps(setup), json.dumps(options)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, *args, str(root / "one"), "2"], check=True, env=env, timeout=300,
-                   capture_output=True)
+    one = subprocess.run([sys.executable, *args, str(root / "one"), "2"], env=env, timeout=300,
+                         capture_output=True, text=True, check=False)
+    if one.returncode != 0:  # CalledProcessError would hide the child's stderr, the only clue to a rare failure
+        raise AssertionError(f"the one-process run failed (exit {one.returncode}): {one.stderr[-3000:]}")
     # A loaded machine can make the 2-rank start fail (the master port taken, a rendezvous or gloo pair
     # timing out): the run is deterministic, so one retry from a clean
     # directory on another port changes no assertion, and a second failure is reported with its stderr.
