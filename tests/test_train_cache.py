@@ -115,6 +115,23 @@ def test_fingerprint_depends_on_model_tokens_and_data(tokenizer):
     assert base != cache_mod.fingerprint(**{**kw, "examples": longer})
 
 
+def test_reference_model_fingerprint_names_the_weights_dtype_and_4bit(tokenizer):
+    """One fingerprint for `safekeel train` and the TRL integration (it read 4-bit from the config in one and
+    from the model in the other): other weights or another dtype change it; a PEFT-wrapped model reads as
+    not 4-bit through the wrapper."""
+    from peft import LoraConfig, get_peft_model
+
+    from safekeel.fingerprint import reference_model_fingerprint
+
+    model = build_model(tokenizer, seed=4)
+    fp = reference_model_fingerprint(model)
+    assert fp["dtype"] == "torch.float32" and fp["load_in_4bit"] is False and fp["sha256"]
+    assert reference_model_fingerprint(build_model(tokenizer, seed=5))["sha256"] != fp["sha256"]
+    assert reference_model_fingerprint(build_model(tokenizer, seed=4).to(torch.bfloat16))["dtype"] == "torch.bfloat16"
+    wrapped = get_peft_model(build_model(tokenizer, seed=4), LoraConfig(r=4, target_modules="all-linear"))
+    assert reference_model_fingerprint(wrapped)["load_in_4bit"] is False
+
+
 def _counting_reference(tokenizer, calls):
     ref = SafetyReference(build_model(tokenizer, seed=4), tiny_tokens(tokenizer, 8).ids_tensor())
     views = ref.views

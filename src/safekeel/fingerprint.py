@@ -91,6 +91,14 @@ def model_fingerprint(model) -> dict:
     return info
 
 
+def reference_model_fingerprint(model) -> dict:
+    """`model_fingerprint` plus what changes the reference's logits without changing the files: the
+    parameters' dtype and a 4-bit base. One function for `safekeel train` and the TRL integration, so a
+    reference cache built by one is found by the other."""
+    return {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
+            "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False))}
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     special = sorted(str(t) for t in tokenizer.all_special_tokens)

@@ -70,13 +70,11 @@ def live_reference(plan: ReferencePlan, defence, model, ids, examples: list[dict
 def build_cache(model, tok, tokens, examples: list[dict], args, device, root_dir, *, required: bool):
     """(ReferenceCache, its directory) of the reference's K-logits for `examples` (`run.build_reference_cache`,
     as `safekeel train` builds it); (None, None) when `auto` finds it too big for the disk."""
-    from safekeel.fingerprint import model_fingerprint
+    from safekeel.fingerprint import reference_model_fingerprint
     from safekeel.training.run import build_reference_cache
 
-    model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
-                "load_in_4bit": bool(getattr(model, "is_loaded_in_4bit", False))}
     cache, root, seconds = build_reference_cache(
-        model, tok, tokens, examples, model_fp=model_fp, root_dir=root_dir, required=required,
+        model, tok, tokens, examples, model_fp=reference_model_fingerprint(model), root_dir=root_dir, required=required,
         pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         batch_size=max(1, args.per_device_eval_batch_size), device=device, args=args, progress=not args.disable_tqdm)
     if cache is not None:

@@ -122,7 +122,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
 
     from safekeel.defences.base import TrainContext
     from safekeel.defences.registry import defence_class
-    from safekeel.fingerprint import file_fingerprint, model_fingerprint, tokenizer_fingerprint
+    from safekeel.fingerprint import file_fingerprint, reference_model_fingerprint, tokenizer_fingerprint
     from safekeel.training.checkpoints import RecordOptions
     from safekeel.training.collate import Collator, ExampleDataset, encode_rows
     from safekeel.training.data import load_rows
@@ -149,8 +149,7 @@ def prepare(cfg: RunConfig, *, reference_impl: str = "fast", progress: bool = Tr
     examples, enc_summary = encode_rows(tok, rows, max_length=max_length, post_positions=post)
     examples, ranges = plan_examples(plan, examples, tok, max_length=max_length, post_positions=post)
     ids = tokens.ids_tensor() if tokens is not None else None
-    model_fp = {**model_fingerprint(model), "dtype": str(next(model.parameters()).dtype),
-                "load_in_4bit": cfg.lora.load_in_4bit}
+    model_fp = reference_model_fingerprint(model)
 
     mode, cache, cache_dir, cache_s, live, frozen = "none", None, None, 0.0, None, None
     if defence.reference is not None:
