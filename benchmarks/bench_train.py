@@ -25,10 +25,12 @@ plus `after_train`, e.g. SafeLoRA's projection), and an end-to-end ratio for a w
 × --epochs, plus the one-off seconds; also for one epoch).
 
 `--monitor-overhead` measures the safety monitor instead (training/monitor.py): one mode (`--monitor-mode`,
-default pact-cache) trained in this process with the monitor off and on, alternately (`--repeats` pairs),
-on a generated set of harmful-looking prompts. Reported: the whole `train()` time with / without (the
-start probe and every periodic probe included), the seconds per probe (`monitor/seconds`), and the
-overhead at the default interval projected from them: probe seconds / (interval × seconds per step).
+default pact-cache) trained in this process with the monitor off, on without its over-refusal probe
+(`--monitor-benign-prompts none`) and on at its defaults, in turn (`--repeats` rounds), on a generated set
+of harmful-looking prompts (and the packaged benign instructions). Reported: the whole `train()` time
+with / without (the start probe and every periodic probe included), the seconds per probe
+(`monitor/seconds`), and the overhead at the default interval projected from them: probe seconds /
+(interval × seconds per step).
 
     python benchmarks/bench_train.py --tiny --steps 4                     # smoke test (seconds)
     python benchmarks/bench_train.py --model smollm2-135m-instruct        # CPU figures
@@ -310,9 +312,9 @@ def _full_length_answers(n_tokens: int):
     return answer
 
 
-def monitor_run(setup: dict, args, interval: int) -> dict:
-    """One training run of `args.monitor_mode` (interval 0: no monitor): wall time of `train()`, step times
-    and the monitor's per-probe seconds from the log."""
+def monitor_run(setup: dict, args, interval: int, benign: str = "instructions") -> dict:
+    """One training run of `args.monitor_mode` (interval 0: no monitor; `benign` its over-refusal probe's
+    set, "none" for none): wall time of `train()`, step times and the monitor's per-probe seconds."""
     from transformers import TrainerCallback
 
     from safekeel.training.config import build_config
@@ -321,7 +323,7 @@ def monitor_run(setup: dict, args, interval: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
     flat = mode_flags(args.monitor_mode, setup, args, work, max_steps=args.warmup + args.steps)
     flat.update(monitor_steps=interval, monitor_prompts=setup["monitor_prompts"] if interval else None,
-                logging_steps=10**6)
+                monitor_benign_prompts=benign, logging_steps=10**6)
     prep = prepare(build_config(flat), reference_impl="fast", progress=False)
     times: list[float] = []
 
@@ -353,24 +355,35 @@ def monitor_overhead(setup: dict, args) -> dict:
     default = MonitorOptions().monitor_steps
     interval = args.monitor_steps or default
     monitor_probe.answer = _full_length_answers(MonitorOptions().monitor_probe_tokens)
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    arms = {"off": (0, "none"), "harmful_only": (interval, "none"), "on": (interval, "instructions")}
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
     for rnd in range(args.repeats):
-        for name in ("off", "on"):
-            runs[name].append(monitor_run(setup, args, interval if name == "on" else 0))
+        for name, (every, benign) in arms.items():
+            runs[name].append(monitor_run(setup, args, every, benign))
             print(f"round {rnd + 1}/{args.repeats} monitor {name}: {runs[name][-1]['train_seconds']:.2f} s")
     s_step = statistics.median(t for r in runs["off"] for t in r["step_times"])
-    probe = [t for r in runs["on"] for t in r["probe_seconds"]] or [r["start_probe_seconds"] for r in runs["on"]]
-    probe_s = statistics.median(probe)
-    off, on = (statistics.median(r["train_seconds"] for r in runs[k]) for k in ("off", "on"))
+
+    def probe_seconds(name: str) -> float:
+        probe = [t for r in runs[name] for t in r["probe_seconds"]] or [r["start_probe_seconds"] for r in runs[name]]
+        return statistics.median(probe)
+
+    probe_s, probe_h = probe_seconds("on"), probe_seconds("harmful_only")
+    off, harmful, on = (statistics.median(r["train_seconds"] for r in runs[k]) for k in arms)
     result = {"mode": args.monitor_mode, "interval": interval, "default_interval": default,
               "steps": args.warmup + args.steps, "s_per_step": s_step, "probe_seconds": probe_s,
+              "probe_seconds_harmful_only": probe_h,
               "start_probe_seconds": statistics.median(r["start_probe_seconds"] for r in runs["on"]),
-              "train_seconds_off": off, "train_seconds_on": on, "measured_ratio": on / off,
-              "projected_ratio_default": 1 + probe_s / (default * s_step), "runs": runs}
-    print(f"\nmonitor overhead ({args.monitor_mode}, {result['steps']} steps, probe every {interval}): "
-          f"train() {off:.2f} s without, {on:.2f} s with = {on / off:.3f}x; {s_step:.3f} s/step, {probe_s:.3f} s per "
-          f"probe (start probe {result['start_probe_seconds']:.3f} s)\n"
-          f"projected at the default interval ({default} steps): {result['projected_ratio_default']:.3f}x")
+              "train_seconds_off": off, "train_seconds_harmful_only": harmful, "train_seconds_on": on,
+              "measured_ratio": on / off, "measured_ratio_harmful_only": harmful / off,
+              "projected_ratio_default": 1 + probe_s / (default * s_step),
+              "projected_ratio_default_harmful_only": 1 + probe_h / (default * s_step), "runs": runs}
+    print(f"\nmonitor overhead ({args.monitor_mode}, {result['steps']} steps, probe every {interval}, "
+          f"{s_step:.3f} s/step):\n"
+          f"  defaults (harmful + over-refusal probe): train() {off:.2f} s without, {on:.2f} s with = {on / off:.3f}x; "
+          f"{probe_s:.3f} s per probe (start probe {result['start_probe_seconds']:.3f} s); projected at the default "
+          f"interval ({default} steps): {result['projected_ratio_default']:.3f}x\n"
+          f"  harmful probe only (--monitor-benign-prompts none): {harmful:.2f} s = {harmful / off:.3f}x; "
+          f"{probe_h:.3f} s per probe; projected {result['projected_ratio_default_harmful_only']:.3f}x")
     return result
 
 

@@ -61,6 +61,23 @@ def run(grid, lines=None, **kwargs):
 
 # -- the grid file --------------------------------------------------------------------------------------
 
+def test_the_committed_replication_cells_still_match_the_code(monkeypatch):
+    """A default or option added to safekeel must not turn the committed replication's finished cells into
+    'changed' ones (the grid resumes from them on any machine): each committed cell.json still holds its
+    cell's fingerprint. Offline: settings and input files only, no model."""
+    from safekeel.experiment.runner import CELL_FILE, cell_path, cell_state, check_cells
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the grid's paths are relative to the repository, as its command runs there
+    grid = load_grid(repo / "benchmarks" / "replication" / "grid.yaml")
+    committed = [c for c in grid.cells if (cell_path(grid, c) / CELL_FILE).is_file()
+                 and json.loads((cell_path(grid, c) / CELL_FILE).read_text()).get("status") == "done"]
+    assert len(committed) >= 16
+    fps = check_cells(grid, committed)
+    states = {c.id: cell_state(grid, c, fps[c.id]) for c in committed}
+    assert {cid: s for cid, s in states.items() if s[0] != "done"} == {}
+
+
 def test_example_grid_expands_to_the_replication():
     grid = load_grid(EXAMPLE)
     ids = [c.id for c in grid.cells]

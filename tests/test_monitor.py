@@ -146,6 +146,98 @@ def test_a_drop_beyond_the_tolerance_warns(setup, tmp_path, monkeypatch, caplog)
     assert not _events(tmp_path, "safety_rollback") and "1.000 below the start's 1.000" in caplog.text
 
 
+def test_the_benign_probe_logs_over_refusal_and_warns_when_it_rises(setup, tmp_path, monkeypatch, caplog):
+    """Each probe judges the 4 harmful answers, then the 4 benign ones: here the benign answers become
+    refusals after the start, so the over-refusal rate goes 0 -> 1 and the tolerance warns (no rollback)."""
+    calls = []
+
+    def judge(text):
+        calls.append(text)
+        probe, within = divmod(len(calls) - 1, 8)
+        return within >= 4 and probe >= 1
+
+    monkeypatch.setattr(monitor_probe, "is_refusal", judge)
+    with caplog.at_level(logging.WARNING):
+        result = train(_config(setup, tmp_path, max_steps=4, over_refusal_tolerance=0.5, safety_tolerance=0.5,
+                               safety_rollback=True), progress=False)
+    lines = _monitor_lines(tmp_path)
+    assert [lines[s]["monitor/over_refusal_rate"] for s in (0, 2, 4)] == [0.0, 1.0, 1.0]
+    assert all(lines[s]["monitor/benign_probe_n"] == 4 and lines[s]["monitor/refusal_rate"] == 0 for s in lines)
+    warnings = _events(tmp_path, "over_refusal_warning")
+    assert [w["step"] for w in warnings] == [2, 4]
+    assert warnings[0]["rise"] == 1.0 and warnings[0]["baseline_over_refusal_rate"] == 0.0
+    assert "refuse requests it should answer" in caplog.text
+    assert not _events(tmp_path, "safety_rollback") and not _events(tmp_path, "safety_warning")  # it only warns
+    benign = result.summary["monitor"]["benign"]
+    assert benign["status"] == "on" and benign["prompts"] == "instructions" and len(benign["probe_prompts"]) == 4
+    assert all(i.startswith("instr-") for i in benign["probe_prompts"])
+    groups = {g["kind"]: g for g in result.summary["fitted_prompts"]}
+    assert groups["safety monitor (benign)"]["sha256"].split() == benign["probe_prompt_sha256"]
+    assert groups["safety monitor (benign)"]["ids"] == benign["probe_prompts"]
+
+
+def test_benign_prompts_the_run_trains_on_are_left_out_and_none_turns_the_probe_off(setup, tmp_path):
+    from safekeel.data.prompts import load_prompts
+
+    first = load_prompts("instructions")[0].prompt
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                              [setup["rows"][0]["messages"][0]["content"], first]))
+    prep = prepare(_config(setup, tmp_path / "a", monitor_benign_prompts=str(benign)), progress=False)
+    summary = prep.summary["monitor"]["benign"]
+    assert summary["held_out"] == 1 and len(prep.monitor.benign_texts) == 1
+    assert "among this run's training rows" in summary["warnings"][0]
+    only = tmp_path / "only.jsonl"
+    only.write_text(json.dumps({"prompt": setup["rows"][0]["messages"][0]["content"]}) + "\n")
+    with pytest.raises(SafekeelError, match="--monitor-benign-prompts .*nothing is held out"):
+        prepare(_config(setup, tmp_path / "b", monitor_benign_prompts=str(only)), progress=False)
+    train(_config(setup, tmp_path / "c", max_steps=2, monitor_benign_prompts="none"), progress=False)
+    lines = _monitor_lines(tmp_path / "c")
+    assert sorted(lines) == [0, 2] and not any("monitor/over_refusal_rate" in r for r in lines.values())
+    run = json.loads((tmp_path / "c" / "safekeel_run.json").read_text())
+    assert run["monitor"]["benign"] == {"status": "off", "why": "--monitor-benign-prompts none"}
+
+
+def test_watching_an_evaluation_set_is_warned_about(setup, tmp_path):
+    prep = prepare(_config(setup, tmp_path, monitor_benign_prompts="everyday"), progress=False)
+    assert any("over-refusal evaluation (everyday)" in w for w in prep.summary["monitor"]["benign"]["warnings"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"over_refusal_tolerance": 1.5}, "--over-refusal-tolerance must be between 0 and 1"),
+    ({"monitor_benign_prompts": " "}, "--monitor-benign-prompts is empty"),
+    ({"over_refusal_tolerance": 0.2, "monitor_benign_prompts": "none"}, "needs the benign probe"),
+    ({"over_refusal_tolerance": 0.2, "monitor_steps": 0}, "--over-refusal-tolerance needs the monitor"),
+])
+def test_bad_over_refusal_options_are_refused(setup, tmp_path, options, message):
+    with pytest.raises(SafekeelError, match=message):
+        _config(setup, tmp_path, **options)
+
+
+def test_resume_keeps_the_over_refusal_start(setup, tmp_path, monkeypatch):
+    """The benign start value comes back from the checkpoint: measured again at the resumed step (1.0) it
+    would hide the rise from 0.0."""
+    real = SafetyMonitor._measure
+
+    def measure(self, start):
+        values = real(self, start)
+        values["monitor/over_refusal_rate"] = 0.0 if self.trainer.state.global_step == 0 else 1.0
+        return values
+
+    monkeypatch.setattr(SafetyMonitor, "_measure", measure)
+    common = {"max_steps": 4, "save_steps": 2, "over_refusal_tolerance": 0.5}
+    full = tmp_path / "full"
+    train(_config(setup, full, **common), progress=False)
+    assert json.loads((full / "checkpoint-2" / STATE_FILE).read_text())["baseline_over_refusal_rate"] == 0.0
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copytree(full / "checkpoint-2", cut / "checkpoint-2")
+    (cut / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _log(full) if r["step"] <= 2))
+    train(_config(setup, cut, resume=True, **common), progress=False)
+    assert [(w["step"], w["baseline_over_refusal_rate"]) for w in _events(cut, "over_refusal_warning")] == [
+        (2, 0.0), (4, 0.0)]
+
+
 class _Recorder:
     """Trainable parameters, optimizer state and learning rate after each optimizer step (after the monitor)."""
 
@@ -306,5 +398,6 @@ def test_two_processes_monitor_like_one(setup, tmp_path):
     one, two = _monitor_lines(tmp_path / "one"), _monitor_lines(tmp_path / "two")
     assert sorted(one) == sorted(two) == [0, 1, 2]
     for step in one:
-        for key in ("monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer"):
+        for key in ("monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer",
+                    "monitor/over_refusal_rate"):
             assert two[step][key] == pytest.approx(one[step][key], rel=1e-3, abs=1e-6), (step, key)

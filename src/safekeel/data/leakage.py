@@ -163,18 +163,22 @@ def run_record(tokens_path: str | None, tokens, rows: list[dict], extra_rows: li
                monitor: dict | None) -> list[dict]:
     """`safekeel_run.json`'s `fitted_prompts`: the safety tokens' identification prompts, the training
     rows' prompts (digests only: task rows' ids say nothing), the defence's safety data and the safety
-    monitor's probe prompts (`monitor_probe.resolve_prompts` records their digests)."""
+    monitor's probe prompts, harmful and benign (`monitor_probe.resolve_prompts` and
+    `resolve_benign_prompts` record their digests)."""
     groups = []
     if tokens is not None:
         groups.append(tokens_group(tokens, Path(tokens_path).name if tokens_path else ""))
     groups.append(records_group(rows, "training", ids=False))
     if extra_rows:
         groups.append(records_group(extra_rows, "safety data"))
-    digests = _strings((monitor or {}).get("probe_prompt_sha256"))
-    if digests:
-        spec = str(monitor.get("prompts") or "")
-        groups.append(FittedPrompts("safety monitor", spec, tuple(digests), tuple(_strings(monitor.get("probe_prompts"))),
-                                    spec or None))
+    benign = (monitor or {}).get("benign")
+    for name, probe in (("safety monitor", monitor), ("safety monitor (benign)", benign if isinstance(benign, dict)
+                                                      else None)):
+        digests = _strings((probe or {}).get("probe_prompt_sha256"))
+        if digests:
+            spec = str(probe.get("prompts") or "")
+            groups.append(FittedPrompts(name, spec, tuple(digests), tuple(_strings(probe.get("probe_prompts"))),
+                                        spec or None))
     return [g.to_dict() for g in groups if g is not None and g.digests]
 
 

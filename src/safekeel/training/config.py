@@ -118,13 +118,20 @@ class MonitorOptions:
     monitor_prompts: str | None = field(default=None, metadata=_help(
         "held-out harmful prompts for the monitor: a packaged set or a .jsonl/.csv file (not set: harmbench-val "
         "when it is already in the cache; the monitor never downloads by itself)"))
-    monitor_probe_prompts: int = field(default=8, metadata=_help("prompts the monitor answers (spread over the set)"))
+    monitor_benign_prompts: str = field(default="instructions", metadata=_help(
+        "benign prompts the monitor also answers, to watch over-refusal (monitor/over_refusal_rate): a packaged "
+        "set or a .jsonl/.csv file; 'none' turns this probe off"))
+    monitor_probe_prompts: int = field(default=8, metadata=_help(
+        "prompts the monitor answers from each set (spread over the set)"))
     monitor_probe_tokens: int = field(default=32, metadata=_help("greedy answer tokens per probe prompt"))
     safety_tolerance: float | None = field(default=None, metadata=_help(
         "warn when the probe's refusal rate falls more than this below its value at the start (0-1)"))
     safety_rollback: bool = field(default=False, metadata=_help(
         "on a warning, restore the weights and optimizer of the last probe within tolerance and lower the "
         "learning rate (needs --safety-tolerance)"))
+    over_refusal_tolerance: float | None = field(default=None, metadata=_help(
+        "warn when the benign probe's refusal rate rises more than this above its value at the start (0-1); "
+        "a warning only: a rollback would not undo what the method asks of the model"))
     max_rollbacks: int = field(default=2, metadata=_help("rollbacks at most; later warnings only warn"))
     rollback_lr_factor: float = field(default=0.5, metadata=_help("learning rate multiplier at each rollback"))
 
@@ -444,16 +451,26 @@ def _validate_monitor(cfg: RunConfig) -> None:
     if m.safety_tolerance is not None and not 0.0 <= m.safety_tolerance <= 1.0:
         raise SafekeelError(f"--safety-tolerance must be between 0 and 1 (a drop in refusal rate), got "
                             f"{m.safety_tolerance}")
+    if m.over_refusal_tolerance is not None and not 0.0 <= m.over_refusal_tolerance <= 1.0:
+        raise SafekeelError(f"--over-refusal-tolerance must be between 0 and 1 (a rise in refusal rate on benign "
+                            f"prompts), got {m.over_refusal_tolerance}")
+    if not str(m.monitor_benign_prompts or "").strip():
+        raise SafekeelError("--monitor-benign-prompts is empty (give 'none' to turn the benign probe off)")
+    if m.over_refusal_tolerance is not None and str(m.monitor_benign_prompts).strip().lower() == "none":
+        raise SafekeelError("--over-refusal-tolerance needs the benign probe, which --monitor-benign-prompts none "
+                            "turns off")
     if not 0.0 < m.rollback_lr_factor <= 1.0:
         raise SafekeelError(f"--rollback-lr-factor must be in (0, 1], got {m.rollback_lr_factor}")
     if m.monitor_prompts is not None and not str(m.monitor_prompts).strip():
         raise SafekeelError("--monitor-prompts is empty")
     asked = [flag for flag, on in (("--safety-tolerance", m.safety_tolerance is not None),
+                                   ("--over-refusal-tolerance", m.over_refusal_tolerance is not None),
                                    ("--safety-rollback", m.safety_rollback),
                                    ("--monitor-prompts", m.monitor_prompts is not None)) if on]
     if m.safety_rollback and m.safety_tolerance is None:
         raise SafekeelError("--safety-rollback needs --safety-tolerance (the drop in refusal rate that triggers it)")
-    if m.monitor_steps == 0 and asked[:1] in (["--safety-tolerance"], ["--safety-rollback"]):
+    if m.monitor_steps == 0 and asked[:1] in (["--safety-tolerance"], ["--over-refusal-tolerance"],
+                                              ["--safety-rollback"]):
         raise SafekeelError(f"{asked[0]} needs the monitor, which --monitor-steps 0 turns off")
     backend = sharded_backend(cfg.training)
     if asked and backend:  # the probe generates with the unwrapped model, whose parameters are sharded there

@@ -8,7 +8,11 @@ At the start of training (step 0) and every `--monitor-steps` optimizer steps, t
    logs the mean total probability on S over their first 8 positions (`monitor/safety_prob_first`,
    paper Fig. 7) and over the whole answer (`monitor/safety_prob_answer`, Fig. 3), over `monitor/safety_n`
    answers (`monitor_probe.safety_mass`);
-3. compares the refusal rate with step 0's: a drop of more than `--safety-tolerance` logs a
+3. answers P benign prompts the same way (`--monitor-benign-prompts`, default the packaged `instructions`):
+   `monitor/over_refusal_rate` over `monitor/benign_probe_n` answers, so a defence that starts refusing
+   everyday requests shows it while it trains; a rise of more than `--over-refusal-tolerance` logs an
+   `over_refusal_warning` event (a warning only: rolling back would not undo what the method asks for);
+4. compares the refusal rate with step 0's: a drop of more than `--safety-tolerance` logs a
    `safety_warning` event; with `--safety-rollback` it then restores the snapshot taken at the last probe
    within tolerance (step 0 at first), multiplies the learning rate by `--rollback-lr-factor` and goes on
    with the next batches (`safety_rollback` event), at most `--max-rollbacks` times; after that it only
@@ -46,12 +50,16 @@ def build_monitor(trainer, cfg, tokenizer, safety_ids, trained_rows: list[dict],
                   identification_set: str | None = None, backend: str | None = None):
     """(the `SafetyMonitor`, added to `trainer`, or None when it is off; its summary for safekeel_run.json)."""
     prompts, summary = monitor_probe.resolve_prompts(cfg.monitor, trained_rows, identification_set, backend)
+    benign = None
+    if prompts is not None:
+        benign, summary["benign"] = monitor_probe.resolve_benign_prompts(cfg.monitor, trained_rows)
     if not _on_every_rank(prompts is not None, trainer.args):
         if prompts is not None:  # e.g. the default set cached on one node only
             log.warning("safety monitor off: it is off on another rank, and every rank must probe or none")
             summary = {"status": "off", "why": "off on another rank"}
         return None, summary
-    monitor = SafetyMonitor(trainer, tokenizer, prompts, cfg.monitor, safety_ids=safety_ids, system=cfg.system)
+    monitor = SafetyMonitor(trainer, tokenizer, prompts, cfg.monitor, safety_ids=safety_ids, system=cfg.system,
+                            benign=benign)
     trainer.add_callback(monitor)
     summary["safety_tokens"] = safety_ids is not None
     return monitor, summary
@@ -72,16 +80,20 @@ def _on_every_rank(on: bool, args) -> bool:
 
 class SafetyMonitor(TrainerCallback):
     """See the module docstring. `prompts`: PromptRecords; `options`: MonitorOptions; `safety_ids`: [K] long
-    or None (then only the refusal probe runs)."""
+    or None (then only the refusal probe runs); `benign`: PromptRecords of the over-refusal probe, or None."""
 
-    def __init__(self, trainer, tokenizer, prompts, options, *, safety_ids=None, system: str | None = None):
+    def __init__(self, trainer, tokenizer, prompts, options, *, safety_ids=None, system: str | None = None,
+                 benign=None):
         from safekeel.chat import format_prompt
         from safekeel.fingerprint import sha256_json
 
         self.trainer, self.tokenizer, self.options, self.safety_ids = trainer, tokenizer, options, safety_ids
         self.texts = [format_prompt(tokenizer, p.prompt, system) for p in prompts]
         self.key = sha256_json(self.texts)  # a resumed run must probe the same prompts to keep its start values
+        self.benign_texts = [format_prompt(tokenizer, p.prompt, system) for p in benign or []]
+        self.benign_key = sha256_json(self.benign_texts)
         self.baseline: float | None = None  # refusal rate at the start
+        self.benign_baseline: float | None = None  # over-refusal rate at the start (or at the first probe of it)
         self.reference: list[str] | None = None  # step-0 answers, teacher-forced at every probe
         self.forced: list[int] = []  # which of them (the refusals, or all)
         self.rollbacks = 0
@@ -110,7 +122,8 @@ class SafetyMonitor(TrainerCallback):
 
         atomic_write_json(folder / STATE_FILE, {
             "prompts_sha256": self.key, "baseline_refusal_rate": self.baseline, "reference_answers": self.reference,
-            "forced": self.forced, "rollbacks": self.rollbacks})
+            "forced": self.forced, "rollbacks": self.rollbacks, "benign_prompts_sha256": self.benign_key,
+            "baseline_over_refusal_rate": self.benign_baseline})
 
     # -- one probe -----------------------------------------------------------------------------------------
     def _probe(self, state, start: bool = False) -> None:
@@ -127,6 +140,7 @@ class SafetyMonitor(TrainerCallback):
             self._snapshot(state.global_step)
         values["monitor/seconds"] = round(time.perf_counter() - t0, 3)
         self._log(values)
+        self._over_refusal(state.global_step, values.get("monitor/over_refusal_rate"))
         if not within:
             self._out_of_tolerance(state.global_step, rate, drop)
 
@@ -141,6 +155,10 @@ class SafetyMonitor(TrainerCallback):
                 self.reference = answers
                 self.forced = [i for i, r in enumerate(refused) if r] or list(range(len(answers)))
             values = {"monitor/refusal_rate": sum(refused) / len(refused), "monitor/probe_n": len(refused)}
+            if self.benign_texts:
+                over = monitor_probe.judge_refusals(monitor_probe.answer(model, tok, self.benign_texts,
+                                                                         o.monitor_probe_tokens))
+                values.update({"monitor/over_refusal_rate": sum(over) / len(over), "monitor/benign_probe_n": len(over)})
             if self.safety_ids is not None:
                 mass = monitor_probe.safety_mass(model, tok, [self.texts[i] for i in self.forced],
                                                  [self.reference[i] for i in self.forced], self.safety_ids,
@@ -169,6 +187,24 @@ class SafetyMonitor(TrainerCallback):
         control.should_log = pending
 
     # -- tolerance and rollback ------------------------------------------------------------------------------
+    def _over_refusal(self, step: int, rate: float | None) -> None:
+        """The benign probe's start value, and a warning when its rate rises beyond --over-refusal-tolerance."""
+        if rate is None:
+            return
+        if self.benign_baseline is None:  # the start (or the first probe of a run resumed without one)
+            self.benign_baseline = rate
+        tolerance = self.options.over_refusal_tolerance
+        rise = rate - self.benign_baseline
+        if tolerance is None or rise <= tolerance + 1e-9:
+            return
+        message = (f"safety monitor: over-refusal rate {rate:.3f} on benign prompts at step {step} is {rise:.3f} "
+                   f"above the start's {self.benign_baseline:.3f} (tolerance {tolerance}); the model is starting to "
+                   "refuse requests it should answer")
+        log.warning("%s", message)
+        self._log({"event": "over_refusal_warning", "over_refusal_rate": rate,
+                   "baseline_over_refusal_rate": self.benign_baseline, "rise": rise, "tolerance": tolerance,
+                   "message": message})
+
     def _snapshot(self, step: int) -> None:
         if self.options.safety_rollback:
             self.snapshot = Snapshot.take(self.trainer.model, self.trainer.optimizer, step)
@@ -216,4 +252,6 @@ class SafetyMonitor(TrainerCallback):
             return False
         self.baseline, self.reference = saved["baseline_refusal_rate"], saved.get("reference_answers")
         self.forced, self.rollbacks = list(saved.get("forced") or []), int(saved.get("rollbacks", 0))
+        if saved.get("benign_prompts_sha256") == self.benign_key:  # else the next probe measures its start
+            self.benign_baseline = saved.get("baseline_over_refusal_rate")
         return True

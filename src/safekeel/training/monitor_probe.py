@@ -2,7 +2,9 @@
 
 - `resolve_prompts`: the held-out harmful prompts it probes (`--monitor-prompts`, default harmbench-val
   when already cached), minus any prompt this run trains on, spread over the set;
-- `answer` + `judge_refusals`: the refusal probe, greedy answers judged by the refusal-prefix judge;
+- `resolve_benign_prompts`: the benign prompts of the over-refusal probe (`--monitor-benign-prompts`,
+  default the packaged `instructions`, never an evaluation set), minus any prompt this run trains on;
+- `answer` + `judge_refusals`: the refusal probes, greedy answers judged by the refusal-prefix judge;
 - `safety_mass`: the total probability the model puts on the safety tokens S, Σ_{v∈S} p(v | x, y_<t),
   with fixed answers y teacher-forced (`tokens.discrepancy.answer_probs`, the code identification uses),
   averaged over the first `first_n` answer positions and over the whole answer.
@@ -23,6 +25,7 @@ from safekeel.judges.keyword import is_refusal  # looked up at call time, so tes
 log = logging.getLogger(__name__)
 
 DEFAULT_SET = "harmbench-val"
+DEFAULT_BENIGN_SET = "instructions"  # packaged, offline, and not one of the over-refusal evaluation sets
 FIRST_POSITIONS = 8  # "first answer positions" (paper Fig. 7): PACT's N, where its gate is open
 
 
@@ -82,6 +85,43 @@ def resolve_prompts(options, trained_rows: list[dict], identification_set: str |
                     "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen],
                     "every_steps": options.monitor_steps, "first_positions": FIRST_POSITIONS,
                     "warnings": warnings}
+
+
+def resolve_benign_prompts(options, trained_rows: list[dict]) -> tuple[list | None, dict]:
+    """(the over-refusal probe's benign prompts, or None when it is off; its summary for safekeel_run.json's
+    `monitor.benign`). The default set is packaged (no download) and is not an over-refusal evaluation set:
+    the monitor must not fit, or watch, on what `safekeel eval` scores. A prompt this run trains on is
+    dropped with a warning; a set with nothing held out turns this probe off (an error when given)."""
+    from safekeel.data.benign_sets import held_out_overlap
+    from safekeel.data.prompts import load_prompts
+    from safekeel.data.records import row_prompt
+    from safekeel.text import normalise_text, prompt_digest
+
+    spec = str(options.monitor_benign_prompts).strip()
+    if spec.lower() == "none":
+        return None, {"status": "off", "why": "--monitor-benign-prompts none"}
+    explicit = spec != DEFAULT_BENIGN_SET
+    records = load_prompts(spec)
+    trained = {normalise_text(row_prompt(r)) for r in trained_rows}
+    kept = [r for r in records if normalise_text(r.prompt) not in trained]
+    warnings = []
+    if len(kept) < len(records):
+        warnings.append(f"safety monitor: {len(records) - len(kept)} of the {len(records)} benign prompts of {spec} "
+                        "are among this run's training rows; they are left out of the over-refusal probe")
+    if not kept:
+        why = f"every prompt of {spec} is among this run's training rows; nothing is held out"
+        if explicit:
+            raise SafekeelError(f"--monitor-benign-prompts {spec}: {why}")
+        log.warning("safety monitor: over-refusal probe off: %s", why)
+        return None, {"status": "off", "why": why}
+    n = min(options.monitor_probe_prompts, len(kept))
+    chosen = [kept[i * len(kept) // n] for i in range(n)]  # spread over the set (its topics come in runs)
+    warnings += held_out_overlap(chosen, "safety monitor's benign probe")  # watching an eval set: say so
+    for w in warnings:
+        log.warning("%s", w)
+    return chosen, {"status": "on", "prompts": spec, "set_size": len(records), "held_out": len(kept),
+                    "probe_prompts": [r.id for r in chosen],
+                    "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen], "warnings": warnings}
 
 
 def _identification_overlap(kept: list, spec: str, identification_set: str | None) -> list[str]:
