@@ -72,7 +72,13 @@ def test_the_committed_replication_cells_still_match_the_code(monkeypatch):
     grid = load_grid(repo / "benchmarks" / "replication" / "grid.yaml")
     committed = [c for c in grid.cells if (cell_path(grid, c) / CELL_FILE).is_file()
                  and json.loads((cell_path(grid, c) / CELL_FILE).read_text()).get("status") == "done"]
-    assert len(committed) >= 16
+    assert len(committed) >= 26
+    # SafeLoRA's and AsFT's cells name the de-aligned model that make_inputs.sh builds under the ignored
+    # runs/: a fresh clone cannot check them (their --base must exist), so they are checked where it does
+    inputs = "runs/replication-inputs"
+    if not (repo / inputs).is_dir():
+        committed = [c for c in committed if inputs not in json.dumps(c.settings())]
+        assert len(committed) >= 24
     fps = check_cells(grid, committed)
     states = {c.id: cell_state(grid, c, fps[c.id]) for c in committed}
     assert {cid: s for cid, s in states.items() if s[0] != "done"} == {}
