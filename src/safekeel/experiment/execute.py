@@ -29,9 +29,6 @@ OUTCOME = ".outcome.json"  # the worker's result, read and removed by the runner
 RUN_LOCAL = ("output_dir", "resume", "overwrite", "reference_cache", "reference_cache_dir", "reference_batch_size")
 TRAINING_LOCAL = ("disable_tqdm", "dataloader_num_workers", "report_to", "logging_steps", "save_steps",
                   "save_total_limit")
-# the monitor's benign probe only watches (it never rolls back); left out so that cells committed before it
-# existed still match (tests/test_experiment.py checks the committed replication's cells)
-MONITOR_LOCAL = ("monitor_benign_prompts", "over_refusal_tolerance")
 
 
 def run_config(cell: Cell, cell_dir: Path, **extra):
@@ -45,10 +42,14 @@ def run_config(cell: Cell, cell_dir: Path, **extra):
 
 
 def _resolved(cfg) -> dict:
+    # WATCH_ONLY: left out so that cells committed before those options existed still match
+    # (tests/test_experiment.py checks the committed replication's cells)
+    from safekeel.training.config import WATCH_ONLY
+
     d = cfg.to_dict()
     d = {k: v for k, v in d.items() if k not in RUN_LOCAL}
     d["training"] = {k: v for k, v in d["training"].items() if k not in TRAINING_LOCAL}
-    d["monitor"] = {k: v for k, v in d["monitor"].items() if k not in MONITOR_LOCAL}
+    d["monitor"] = {k: v for k, v in d["monitor"].items() if k not in WATCH_ONLY}
     return d
 
 

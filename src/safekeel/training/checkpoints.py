@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from safekeel.errors import SafekeelError
-from safekeel.training.config import MonitorOptions, RunConfig
+from safekeel.training.config import WATCH_ONLY, MonitorOptions, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors
 # max_steps / num_train_epochs / the batch are compared: they change the learning-rate schedule.
 IGNORED = {"resume", "overwrite", "output_dir", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
            "report_to", "dataloader_num_workers", "reference_cache", "reference_cache_dir", "reference_batch_size",
-           "overlap_check", "trust_remote_code", "gradient_checkpointing",
-           "monitor_benign_prompts", "over_refusal_tolerance"}  # the benign probe only watches, never rolls back
+           "overlap_check", "trust_remote_code", "gradient_checkpointing", *WATCH_ONLY}
 # The safety monitor only watches, unless --safety-rollback lets it restore weights and lower the learning
 # rate: its options are compared only when either run rolls back.
 MONITOR_KEYS = {f.name for f in dataclasses.fields(MonitorOptions)}

@@ -109,6 +109,12 @@ class LoraOptions:
     load_in_4bit: bool = field(default=False, metadata=_help("QLoRA: 4-bit base weights (needs a GPU and bitsandbytes)"))
 
 
+# monitor options that only watch (the over-refusal probe never rolls back): they change nothing a run
+# learns, so a resume may change them (checkpoints.py) and a grid cell's fingerprint leaves them out
+# (experiment/execute.py: cells committed before they existed still match)
+WATCH_ONLY = ("monitor_benign_prompts", "over_refusal_tolerance")
+
+
 @dataclass
 class MonitorOptions:
     """The safety monitor and rollback (training/monitor.py, docs/monitoring.md)."""

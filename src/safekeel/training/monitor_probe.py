@@ -45,10 +45,6 @@ def resolve_prompts(options, trained_rows: list[dict], identification_set: str |
     dropped with a warning; an overlap with the safety tokens' identification set is only warned about.
     An explicit `--monitor-prompts` that cannot be used is an error; the default quietly turns the
     monitor off with one warning (no cached set, FSDP/DeepSpeed, nothing held out)."""
-    from safekeel.data.prompts import load_prompts
-    from safekeel.data.records import row_prompt
-    from safekeel.text import normalise_text, prompt_digest
-
     if options.monitor_steps == 0:
         return None, {"status": "off", "why": "--monitor-steps 0"}
     explicit = options.monitor_prompts is not None
@@ -65,26 +61,46 @@ def resolve_prompts(options, trained_rows: list[dict], identification_set: str |
     if not explicit and not _default_set_cached():
         return off(f"the default prompt set {DEFAULT_SET} is not in the cache and the monitor does not download "
                    "by itself")
-    records = load_prompts(spec)
-    trained = {normalise_text(row_prompt(r)) for r in trained_rows}
-    kept = [r for r in records if normalise_text(r.prompt) not in trained]
-    warnings = []
-    if len(kept) < len(records):
-        warnings.append(f"safety monitor: {len(records) - len(kept)} of the {len(records)} prompts of {spec} are "
-                        "among this run's training rows; they are left out of the monitor")
+    records, kept, warnings = _held_out(spec, trained_rows, "prompts", "the monitor")
     if not kept:
         return off(f"every prompt of {spec} is among this run's training rows; nothing is held out")
     warnings += _identification_overlap(kept, spec, identification_set)
     for w in warnings:
         log.warning("%s", w)
-    n = min(options.monitor_probe_prompts, len(kept))
-    chosen = [kept[i * len(kept) // n] for i in range(n)]  # spread over the set (its categories come in runs)
-    return chosen, {"status": "on", "prompts": spec, "set_size": len(records), "held_out": len(kept),
-                    "probe_prompts": [r.id for r in chosen], "probe_tokens": options.monitor_probe_tokens,
-                    # the rollback is tuned on them, so evaluations warn when they score them (docs/leakage.md)
-                    "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen],
-                    "every_steps": options.monitor_steps, "first_positions": FIRST_POSITIONS,
-                    "warnings": warnings}
+    chosen = _spread(kept, options.monitor_probe_prompts)
+    # the rollback is tuned on them, so evaluations warn when they score them (docs/leakage.md)
+    return chosen, {**_summary(spec, records, kept, chosen, warnings), "probe_tokens": options.monitor_probe_tokens,
+                    "every_steps": options.monitor_steps, "first_positions": FIRST_POSITIONS}
+
+
+def _held_out(spec: str, trained_rows: list[dict], what: str, where: str) -> tuple[list, list, list[str]]:
+    """(the records of `spec`, those this run does not train on, a warning when some were dropped)."""
+    from safekeel.data.prompts import load_prompts
+    from safekeel.data.records import row_prompt
+    from safekeel.text import normalise_text
+
+    records = load_prompts(spec)
+    trained = {normalise_text(row_prompt(r)) for r in trained_rows}
+    kept = [r for r in records if normalise_text(r.prompt) not in trained]
+    dropped = len(records) - len(kept)
+    warning = (f"safety monitor: {dropped} of the {len(records)} {what} of {spec} are among this run's training "
+               f"rows; they are left out of {where}")
+    return records, kept, [warning] if dropped else []
+
+
+def _spread(kept: list, n: int) -> list:
+    """`n` records spread evenly over `kept` (a set's categories come in runs)."""
+    n = min(n, len(kept))
+    return [kept[i * len(kept) // n] for i in range(n)]
+
+
+def _summary(spec: str, records: list, kept: list, chosen: list, warnings: list[str]) -> dict:
+    """A probe set's record for safekeel_run.json (its digests go into `fitted_prompts`)."""
+    from safekeel.text import prompt_digest
+
+    return {"status": "on", "prompts": spec, "set_size": len(records), "held_out": len(kept),
+            "probe_prompts": [r.id for r in chosen], "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen],
+            "warnings": warnings}
 
 
 def resolve_benign_prompts(options, trained_rows: list[dict]) -> tuple[list | None, dict]:
@@ -93,35 +109,23 @@ def resolve_benign_prompts(options, trained_rows: list[dict]) -> tuple[list | No
     the monitor must not fit, or watch, on what `safekeel eval` scores. A prompt this run trains on is
     dropped with a warning; a set with nothing held out turns this probe off (an error when given)."""
     from safekeel.data.benign_sets import held_out_overlap
-    from safekeel.data.prompts import load_prompts
-    from safekeel.data.records import row_prompt
-    from safekeel.text import normalise_text, prompt_digest
 
     spec = str(options.monitor_benign_prompts).strip()
     if spec.lower() == "none":
         return None, {"status": "off", "why": "--monitor-benign-prompts none"}
     explicit = spec != DEFAULT_BENIGN_SET
-    records = load_prompts(spec)
-    trained = {normalise_text(row_prompt(r)) for r in trained_rows}
-    kept = [r for r in records if normalise_text(r.prompt) not in trained]
-    warnings = []
-    if len(kept) < len(records):
-        warnings.append(f"safety monitor: {len(records) - len(kept)} of the {len(records)} benign prompts of {spec} "
-                        "are among this run's training rows; they are left out of the over-refusal probe")
+    records, kept, warnings = _held_out(spec, trained_rows, "benign prompts", "the over-refusal probe")
     if not kept:
         why = f"every prompt of {spec} is among this run's training rows; nothing is held out"
         if explicit:
             raise SafekeelError(f"--monitor-benign-prompts {spec}: {why}")
         log.warning("safety monitor: over-refusal probe off: %s", why)
         return None, {"status": "off", "why": why}
-    n = min(options.monitor_probe_prompts, len(kept))
-    chosen = [kept[i * len(kept) // n] for i in range(n)]  # spread over the set (its topics come in runs)
+    chosen = _spread(kept, options.monitor_probe_prompts)
     warnings += held_out_overlap(chosen, "safety monitor's benign probe")  # watching an eval set: say so
     for w in warnings:
         log.warning("%s", w)
-    return chosen, {"status": "on", "prompts": spec, "set_size": len(records), "held_out": len(kept),
-                    "probe_prompts": [r.id for r in chosen],
-                    "probe_prompt_sha256": [prompt_digest(r.prompt) for r in chosen], "warnings": warnings}
+    return chosen, _summary(spec, records, kept, chosen, warnings)
 
 
 def _identification_overlap(kept: list, spec: str, identification_set: str | None) -> list[str]:
