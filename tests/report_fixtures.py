@@ -51,7 +51,8 @@ def write_train_dir(path: Path, *, method: str = "pact", steps: int = 20, monito
                        "training": {"learning_rate": 2e-4, "num_train_epochs": 1.0, "seed": seed}},
            "data": {"rows": 40, "harmful_rows": 20}, "tokens": TOKENS,
            "monitor": {"status": "on" if monitor else "off", "every_steps": 4, "rollbacks": int(monitor),
-                       "warnings": ["safety monitor: refusal rate 0.700 at step 10"] if monitor else []}}
+                       "warnings": [("safety monitor: 2 of the 40 prompts of harmbench-val are among this run's "
+                                    "training rows; they are left out of the monitor")] if monitor else []}}
     (path / "safekeel_run.json").write_text(json.dumps(run), encoding="utf-8")
     return path
 

@@ -144,7 +144,11 @@ def test_monitor_plot_only_when_monitor_records_exist(tmp_path):
     assert monitor_keys(a.log) == ["monitor/refusal_rate", "monitor/safety_prob_first", "monitor/safety_prob_answer"]
     assert any("monitor/probe_n" in r and "monitor/seconds" in r for r in a.log)  # logged, just not plotted
     assert monitor_plot(a.log, a.events, "a").startswith(PNG_MAGIC)
-    assert "safety monitor every 4 steps, 1 warning(s), 1 rollback(s)" in run_summary(a)
+    assert ("safety monitor every 4 steps, 1 safety warning(s), 0 over-refusal warning(s), 1 rollback(s), "
+            "1 set-up warning(s)") in run_summary(a)
+    a.events.append({"event": "over_refusal_warning", "step": 12})
+    a.run["monitor"]["warnings"] = []  # set-up warnings are said only when there are some
+    assert "1 safety warning(s), 1 over-refusal warning(s), 1 rollback(s); status done" in run_summary(a)
     assert monitor_plot(b.log, b.events, "b") is None
     assert training_curves(b.log, "b").startswith(PNG_MAGIC)
     assert training_curves([{"event": "x"}], "empty") is None

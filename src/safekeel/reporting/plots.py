@@ -16,7 +16,8 @@ NOT_CURVES = {"step", "epoch", "elapsed_s", "total_flos", "train_runtime", "trai
               "train_steps_per_second", "train_loss"}
 LOSS_KEYS = ("loss", "ce", "ce_harmful", "ce_benign")
 SPLIT_COLOURS = {"": "#1f77b4", "harmful": "#d62728", "benign": "#2ca02c"}
-EVENT_STYLES = {"safety_rollback": ("#d62728", "--"), "safety_warning": ("#ff7f0e", ":")}
+EVENT_STYLES = {"safety_rollback": ("#d62728", "--"), "safety_warning": ("#ff7f0e", ":"),
+                "over_refusal_warning": ("#9467bd", ":")}
 DPI = 90
 
 

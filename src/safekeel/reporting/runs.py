@@ -50,8 +50,15 @@ def run_summary(train: TrainRun) -> str:
         parts.append("options " + ", ".join(f"{k}={v}" for k, v in defence.items() if not isinstance(v, (dict, list))))
     monitor = run.get("monitor")
     if isinstance(monitor, dict) and monitor.get("status") == "on":
+        # counted from the log's events (what happened while training); the run record's `warnings` are
+        # the set-up notes of resolving the probe prompts (an overlap, dropped prompts), said apart
+        kinds = [ev.get("event") for ev in train.events]
+        rollbacks = max(kinds.count("safety_rollback"), int(monitor.get("rollbacks") or 0))
+        setup = len(monitor.get("warnings") or [])
         parts.append(f"safety monitor every {monitor.get('every_steps', '?')} steps, "
-                     f"{len(monitor.get('warnings') or [])} warning(s), {monitor.get('rollbacks', 0)} rollback(s)")
+                     f"{kinds.count('safety_warning')} safety warning(s), "
+                     f"{kinds.count('over_refusal_warning')} over-refusal warning(s), {rollbacks} rollback(s)"
+                     + (f", {setup} set-up warning(s)" if setup else ""))
     steps = [r["step"] for r in train.log if isinstance(r.get("step"), int)]
     parts.append(f"status {run.get('status', 'unknown' if run else 'no safekeel_run.json')}, "
                  f"{run.get('global_step', max(steps, default=0))} steps, wall {_seconds(run.get('wall_seconds'))}")
