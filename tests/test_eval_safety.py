@@ -280,6 +280,11 @@ def test_several_judges_rows_and_agreement_against_a_hand_computed_example(bench
     # the report's agreement table reads the same rows and agrees
     (rep,) = agreement_rows(collect_verdicts([("six", rows)]))
     assert rep["judges"] == ("keyword", "table") and rep["kappa"] == pytest.approx(8 / 13) and rep["n"] == 5
+    # ... and rebuilds the same table from results.json's counts alone (a committed grid has no answers)
+    from safekeel.reporting.agreement import recorded_pairs
+    (rec,) = agreement_rows({}, recorded_pairs("six", b, "keyword"))
+    assert {k: v for k, v in rec.items() if k != "recorded"} == {k: v for k, v in rep.items() if k != "recorded"}
+    assert (rec["recorded"], rep["recorded"]) == (5, 0)
     assert res["judge"] == {"id": "keyword", "extra": [{"id": "table"}]}
     assert set(res["runs"][-1]["timing"]["judges_s"]) == {"keyword", "table"}
     assert load_results(out)["benchmarks"]["six"]["judges"] == b["judges"]  # passes the schema check

@@ -72,13 +72,9 @@ def test_the_committed_replication_cells_still_match_the_code(monkeypatch):
     grid = load_grid(repo / "benchmarks" / "replication" / "grid.yaml")
     committed = [c for c in grid.cells if (cell_path(grid, c) / CELL_FILE).is_file()
                  and json.loads((cell_path(grid, c) / CELL_FILE).read_text()).get("status") == "done"]
-    assert len(committed) >= 26
+    assert len(committed) == len(grid.cells) == 30
     # SafeLoRA's and AsFT's cells name the de-aligned model that make_inputs.sh builds under the ignored
-    # runs/: a fresh clone cannot check them (their --base must exist), so they are checked where it does
-    inputs = "runs/replication-inputs"
-    if not (repo / inputs).is_dir():
-        committed = [c for c in committed if inputs not in json.dumps(c.settings())]
-        assert len(committed) >= 24
+    # runs/: a finished cell is not checked for its inputs, so a fresh clone checks them too
     fps = check_cells(grid, committed)
     states = {c.id: cell_state(grid, c, fps[c.id]) for c in committed}
     assert {cid: s for cid, s in states.items() if s[0] != "done"} == {}
@@ -185,6 +181,24 @@ def test_grid_resumes_and_skips_finished_cells(tiny_dirs, prompts_file, tmp_path
     assert fake.calls == ids[3:]
     written = yaml_load(other / "grid.yaml")
     assert load_grid(other).cells == moved.cells and written["output_dir"] == str(other)
+
+
+def test_a_finished_cell_needs_none_of_its_inputs(tiny_dirs, prompts_file, tmp_path):
+    # the committed replication's SafeLoRA and AsFT cells name a --base built under the ignored runs/: a
+    # clone without it still lists them as done and resumes; a cell that still has to run is checked
+    base = tmp_path / "dealigned"
+    shutil.copytree(tiny_dirs["aligned"], base)
+    settings = grid_dict(tiny_dirs, prompts_file, tmp_path / "g", seeds=[1], train={
+        "num_examples": 4, "max_steps": 2, "overlap_check": "none", "base": str(base)})
+    run(load_grid(settings), runner=FakeCells())
+    shutil.rmtree(base)
+    lines, fake = [], FakeCells()
+    run(load_grid(settings), lines, dry_run=True)
+    assert lines[-1] == "3 cells: 3 done"
+    assert run(load_grid(settings), runner=fake).skipped and fake.calls == []
+    with pytest.raises(SafekeelError, match=r"cell sft__arith__r0__lr2e-4__s2: --base: model path not found"):
+        run(load_grid({**settings, "seeds": [1, 2]}), runner=fake)
+    assert fake.calls == []
 
 
 def yaml_load(path):

@@ -208,6 +208,30 @@ def test_agreement_table_of_the_two_judges(tmp_path):
     assert cells == ["harmbench", "keyword", "llm-judge", "10", "80.0%", "0.58", "1", "1"]
 
 
+def test_agreement_falls_back_to_the_counts_results_json_recorded(tmp_path):
+    # A committed grid keeps results.json but not the answers: the table rebuilds the pairs from the
+    # recorded counts. keyword calls 6 of 10 unsafe; llm-judge agrees on 9, calls one of those 6 safe:
+    # both unsafe 5, both safe 4; p_o = 0.9, p_e = 0.6*0.5 + 0.4*0.5 = 0.5, kappa = 0.4 / 0.5 = 0.80
+    record = {"llm-judge": {"n": 10, "judged": 10, "unsafe": 5, "safe": 5, "errors": 0,
+                            "agreement": {"with": "keyword", "n": 10, "agree": 9, "agreement": 0.9, "kappa": 0.8,
+                                          "primary_only_unsafe": 1, "judge_only_unsafe": 0}}}
+    root = tmp_path / "runs"
+    for name, keep_samples in (("eval-a", False), ("eval-b", True)):
+        ev = write_eval_dir(root / name, adapter=None, sha=("44" if keep_samples else "55") * 32)
+        results = json.loads((ev / "results.json").read_text())
+        results["benchmarks"]["harmbench"]["judges"] = record
+        (ev / "results.json").write_text(json.dumps(results))
+        if not keep_samples:
+            (ev / "samples_harmbench.jsonl").unlink()
+    _, html = _parse(build_report(root).html)
+    start = html.index("<h2>Judge agreement")
+    section = html[start:html.index("<h2", start + 4)]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    # eval-b's answers are on disk with one judge's verdicts: its record is not added on top of them
+    assert cells == ["harmbench", "keyword", "llm-judge", "10", "90.0%", "0.80", "1", "0"]
+    assert "harmbench: 10 of 10" in section
+
+
 def test_markdown_twin_links_images_written_next_to_it(tmp_path):
     root = write_runs_dir(tmp_path / "runs")
     out = tmp_path / "out" / "my.html"

@@ -91,7 +91,11 @@ def read_record(cell_dir: Path) -> dict | None:
 
 def check_cells(grid: Grid, cells: list[Cell]) -> dict[str, dict]:
     """Build and check every cell's RunConfig and evaluation inputs (no download, no model, nothing
-    written); returns each cell's fingerprints. The first bad cell fails the whole grid at once."""
+    written); returns each cell's fingerprints. The first bad cell fails the whole grid at once.
+
+    A cell finished with these settings (its cell.json says done and holds this fingerprint) is not
+    checked further: it will be skipped, so a clone resumes from committed cell.json files without the
+    inputs only finished cells need (a de-aligned `--base` built under the ignored runs/, say)."""
     out, seen = {}, set()
 
     def once(cell: Cell, key, check: Callable[[], None]) -> None:
@@ -103,13 +107,14 @@ def check_cells(grid: Grid, cells: list[Cell]) -> dict[str, dict]:
                 raise SafekeelError(f"cell {cell.id}: {exc}") from None
 
     for cell in cells:
-        cfg = None
-        if not cell.initial:
-            cfg = X.run_config(cell, cell_path(grid, cell))
+        cfg = X.run_config(cell, cell_path(grid, cell)) if not cell.initial else None
+        out[cell.id] = X.fingerprints(cell, cfg)
+        if cell_state(grid, cell, out[cell.id])[0] == "done":
+            continue
+        if cfg is not None:
             once(cell, {k: v for k, v in cell.train.items() if k not in ("learning_rate", "seed", "poison_ratio")},
                  lambda cfg=cfg: _check_training_arguments(cfg))
         once(cell, [cell.model, cell.eval, cell.task], lambda cell=cell: X.check_eval_inputs(cell))
-        out[cell.id] = X.fingerprints(cell, cfg)
     return out
 
 

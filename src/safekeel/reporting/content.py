@@ -12,7 +12,7 @@ from __future__ import annotations
 from safekeel import __version__
 from safekeel.evaluation.probes import OVER_REFUSAL_LABELS
 from safekeel.evaluation.stats import fmt_rate
-from safekeel.reporting.agreement import agreement_rows, collect_verdicts, judges_seen
+from safekeel.reporting.agreement import agreement_rows, collect_verdicts, judges_seen, recorded_pairs
 from safekeel.reporting.blocks import Bullets, Details, Heading, Image, Markdown, Para, Pre, Table
 from safekeel.reporting.collect import EvalRun, Grid, Model, Scan
 from safekeel.reporting.plots import overview_curves
@@ -103,12 +103,19 @@ def models_blocks(models: list[Model]) -> list:
 
 
 def agreement_blocks(evals: list[EvalRun]) -> list:
-    sources = []
+    sources, recorded = [], {}
     for ev in evals:
         for name, entry in ev.results.get("benchmarks", {}).items():
-            sources.append((name, ev.samples(entry.get("samples") or f"samples_{name}.jsonl")))
+            rows = ev.samples(entry.get("samples") or f"samples_{name}.jsonl")
+            if rows:
+                sources.append((name, rows))
+                continue
+            # answers not on disk (a committed grid leaves them out): the counts results.json recorded
+            primary = str(entry.get("judge") or (ev.results.get("judge") or {}).get("id") or "?")
+            for key, pairs in recorded_pairs(name, entry, primary).items():
+                recorded.setdefault(key, []).extend(pairs)
     verdicts = collect_verdicts(sources)
-    rows = agreement_rows(verdicts)
+    rows = agreement_rows(verdicts, recorded)
     blocks: list = [Heading(2, "Judge agreement")]
     if not rows:
         judges = judges_seen(verdicts)
@@ -119,8 +126,14 @@ def agreement_blocks(evals: list[EvalRun]) -> list:
                   [[r["benchmark"], r["judges"][0], r["judges"][1], str(r["n"]), fmt_rate(r["agreement"]),
                     "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}", str(r["a_only_unsafe"]),
                     str(r["b_only_unsafe"])] for r in rows])
-    return blocks + [Para("Answers (same benchmark, prompt id and response) scored by more than one judge. "
-                          "Kappa corrects the agreement for chance (1 = perfect, 0 = chance level)."), table]
+    text = ("Answers (same benchmark, prompt id and response) scored by more than one judge. "
+            "Kappa corrects the agreement for chance (1 = perfect, 0 = chance level).")
+    if any(r["recorded"] for r in rows):
+        text += (" Where an evaluation's answers are not on disk (a committed grid leaves them out), its "
+                 "counts come from its results.json, one per evaluation: "
+                 + "; ".join(f"{r['benchmark']}: {r['recorded']} of {r['n']}" for r in rows if r["recorded"])
+                 + ".")
+    return blocks + [Para(text), table]
 
 
 def tokens_blocks(models: list[Model]) -> list:

@@ -133,6 +133,7 @@ def sample_blocks(model: Model, n: int) -> list:
     blocks: list = []
     for ev in model.evals:
         inner = eval_sample_blocks(ev, n)
-        blocks.append(Para(f"answers in {ev.rel}" + ("" if inner else ": no sample files")))
+        blocks.append(Para(f"answers in {ev.rel}" + ("" if inner else ": no sample files (not kept with "
+                                                                 "these results, as in a committed grid)")))
         blocks += inner
     return blocks
