@@ -85,3 +85,17 @@ def test_pareto_plot_from_a_synthetic_results_file(results_csv, tmp_path):
     assert sft["xerr"] == pytest.approx(7.0711, rel=1e-4) and sft["yerr"] == pytest.approx(7.0711, rel=1e-4)
     assert pts[0]["label"] == "initial model" and pts[3]["yerr"] == 0.0
     assert pareto.plot([], tmp_path / "empty.png") == [] and (tmp_path / "empty.png").is_file()
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # IHDR: width, then height
+
+
+def test_a_long_pareto_legend_goes_beside_the_axes(results_csv, tmp_path):
+    # five entries fit inside the axes; a grid's dozen defences would hide points there, so the legend
+    # moves right of the axes and the figure widens by 3 inches (at 120 dpi)
+    rows = tables.read_csv(results_csv)
+    pareto.plot(rows, tmp_path / "few.png")
+    many = rows + [{**rows[1], "cell": f"d{i}__x", "method": f"defence{i}", "label": f"defence {i}"} for i in range(6)]
+    pareto.plot(many, tmp_path / "many.png")
+    assert _png_width(tmp_path / "few.png") == 780 and _png_width(tmp_path / "many.png") == 1140

@@ -19,7 +19,14 @@ from safekeel.reporting.agreement import agreement_rows, cohen_kappa, collect_ve
 from safekeel.reporting.collect import scan
 from safekeel.reporting.content import NOT_MEASURED, models_table
 from safekeel.reporting.html_page import markdown_to_html
-from safekeel.reporting.plots import curve_panels, monitor_keys, monitor_plot, training_curves
+from safekeel.reporting.plots import (
+    curve_panels,
+    legend_entries,
+    monitor_keys,
+    monitor_plot,
+    overview_curves,
+    training_curves,
+)
 from safekeel.reporting.runs import run_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,6 +140,21 @@ def test_curve_panels_group_defence_terms_with_their_splits():
     assert curve_panels(rows) == [("loss and CE", ["loss", "ce", "ce_harmful"]),
                                   ("kl", ["kl", "kl_harmful", "kl_benign"]),
                                   ("grad_norm", ["grad_norm"]), ("learning_rate", ["learning_rate"])]
+
+
+def test_overview_legend_names_runs_the_first_panel_lacks():
+    # a benign-only run (harmful ratio 0) logs no ce_harmful: it is still in the shared legend, in run order
+    from matplotlib.figure import Figure
+
+    axes = Figure().subplots(1, 2)
+    axes[0].plot([1, 2], [1, 1], label="mixed")
+    axes[1].plot([1, 2], [1, 1], label="mixed")
+    axes[1].plot([1, 2], [2, 2], label="benign-only")
+    handles, labels = legend_entries(axes, ["benign-only", "mixed", "absent"])
+    assert labels == ["benign-only", "mixed"] and [h.get_label() for h in handles] == labels
+    runs = [("mixed", [{"step": 5, "ce_harmful": 1.2, "ce_benign": 0.9}]),
+            ("benign-only", [{"step": 5, "ce_benign": 0.8}])]
+    assert overview_curves(runs).startswith(PNG_MAGIC)
 
 
 def test_monitor_plot_only_when_monitor_records_exist(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from safekeel.experiment.tables import INITIAL, fmt_lr, groups, mean_std
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+OUTSIDE_LEGEND = 6  # legend entries that still fit inside the axes without hiding points
 
 
 def points(rows: list[dict]) -> list[dict]:
@@ -56,7 +57,9 @@ def plot(rows: list[dict], path: str | Path, title: str | None = None) -> list[d
     first_lr = {m: next(p["learning_rate"] for p in trained if p["method"] == m) for m in methods}
     vary_ratio = len(ratios) > 1
     vary_lr = len({p["learning_rate"] for p in trained}) > 1
-    fig = Figure(figsize=(6.5 * len(datasets), 5.0), layout="constrained")
+    # a long legend (a grid's many defences) goes right of the axes: inside, it hides points
+    outside = len({_legend(p, vary_ratio, vary_lr) for p in pts}) > OUTSIDE_LEGEND
+    fig = Figure(figsize=((6.5 + 3.0 * outside) * len(datasets), 5.0), layout="constrained")
     FigureCanvasAgg(fig)
     palette = [f"C{i}" for i in range(10)]
     for i, dataset in enumerate(datasets):
@@ -76,7 +79,8 @@ def plot(rows: list[dict], path: str | Path, title: str | None = None) -> list[d
         ax.set_title(str(dataset))
         ax.grid(True, alpha=0.3)
         if pts:
-            ax.legend(fontsize="small", loc="best")
+            ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0}
+                                           if outside else {"loc": "best"}))
         else:
             ax.text(0.5, 0.5, "no finished cells", ha="center", va="center", transform=ax.transAxes)
     if title:

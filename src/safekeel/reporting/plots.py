@@ -121,6 +121,17 @@ def training_curves(rows: list[dict], title: str, events: list[dict] | None = No
     return _png(fig)
 
 
+def legend_entries(axes, order: list[str]) -> tuple[list, list[str]]:
+    """(handles, labels) of every labelled line on any of `axes`, once each, in `order`: a run is in the
+    legend even when the first panel lacks it (a benign-only run has no CE on harmful rows)."""
+    found: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    labels = [label for label in order if label in found]
+    return [found[label] for label in labels], labels
+
+
 def overview_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     """Several runs on shared axes: CE on harmful rows, CE on benign rows (or loss when unsplit)."""
     keys = [k for k in ("ce_harmful", "ce_benign") if any(series(rows, k)[0] for _, rows in runs)]
@@ -137,10 +148,16 @@ def overview_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
             if xs:  # ten colours, then the same colours dashed, dotted, ...
                 ax.plot(xs, ys, color=colours[i % 10], linestyle=styles[i // 10 % 4], label=label, linewidth=1.5)
         _style(ax, key)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
+    handles, labels = legend_entries(axes, [label for label, _ in runs])
+    # as many columns as the longest label lets fit across the figure (8 pt: ~0.07 in a character, plus
+    # the line sample), and the figure grows by the legend's rows, so no label is cut at the edges
+    width, height = fig.get_size_inches()
+    ncol = max(1, min(len(labels), int(width // (0.07 * max(map(len, labels)) + 0.7))))
+    legend_h = 0.17 * math.ceil(len(labels) / ncol) + 0.1
+    fig.set_size_inches(width, height + legend_h)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle("training curves of all runs", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / 5), 1, 1))
+    fig.tight_layout(rect=(0, legend_h / (height + legend_h), 1, 1))
     return _png(fig)
 
 
