@@ -152,7 +152,7 @@ def overview_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     # as many columns as the longest label lets fit across the figure (8 pt: ~0.07 in a character, plus
     # the line sample), and the figure grows by the legend's rows, so no label is cut at the edges
     width, height = fig.get_size_inches()
-    ncol = max(1, min(len(labels), int(width // (0.07 * max(map(len, labels)) + 0.7))))
+    ncol = max(1, min(len(labels), int(width // (0.07 * max(map(len, labels), default=10) + 0.7))))
     legend_h = 0.17 * math.ceil(len(labels) / ncol) + 0.1
     fig.set_size_inches(width, height + legend_h)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
