@@ -25,10 +25,13 @@ def _rate_cell(rate, ci, n) -> str:
     return f"{fmt_rate(rate, ci)} n={n}" if n is not None else fmt_rate(rate, ci)
 
 
+def _primary_judge(results: dict, entry: dict) -> str:
+    """The judge whose verdicts a benchmark entry's ASR counts: its own `judge`, else the evaluation's."""
+    return str(entry.get("judge") or (results.get("judge") or {}).get("id") or "?")
+
+
 def _judge(ev: EvalRun) -> str:
-    results = ev.results
-    names = {str(b.get("judge") or (results.get("judge") or {}).get("id") or "?")
-             for b in results.get("benchmarks", {}).values()}
+    names = {_primary_judge(ev.results, b) for b in ev.results.get("benchmarks", {}).values()}
     return ", ".join(sorted(names)) or "-"
 
 
@@ -111,8 +114,7 @@ def agreement_blocks(evals: list[EvalRun]) -> list:
                 sources.append((name, rows))
                 continue
             # answers not on disk (a committed grid leaves them out): the counts results.json recorded
-            primary = str(entry.get("judge") or (ev.results.get("judge") or {}).get("id") or "?")
-            for key, pairs in recorded_pairs(name, entry, primary).items():
+            for key, pairs in recorded_pairs(name, entry, _primary_judge(ev.results, entry)).items():
                 recorded.setdefault(key, []).extend(pairs)
     verdicts = collect_verdicts(sources)
     rows = agreement_rows(verdicts, recorded)
